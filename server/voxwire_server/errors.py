@@ -1,0 +1,59 @@
+"""Domain exceptions. They carry no grpc import: transport/status.py maps them to status codes.
+
+VoxwireError
+├── InvalidInput            bad audio, bad config, bad text            → INVALID_ARGUMENT
+├── NotFound                unknown voice, model or stream             → NOT_FOUND
+├── PreconditionFailed      valid request the server cannot serve now  → FAILED_PRECONDITION
+├── StreamAbandoned         request stream closed without end_of_audio → ABORTED
+├── LimitExceeded           stream limits                              → OUT_OF_RANGE
+├── OverCapacity            too many streams / queue full              → RESOURCE_EXHAUSTED
+├── Unavailable             warming up, draining, backend down         → UNAVAILABLE
+└── NotImplementedCapability  a capability not built yet               → UNIMPLEMENTED
+Anything else is INTERNAL with a generic message.
+"""
+
+from __future__ import annotations
+
+
+class VoxwireError(Exception):
+    """Base class; the message is safe to send to the client."""
+
+
+class InvalidInput(VoxwireError):
+    pass
+
+
+class NotFound(VoxwireError):
+    pass
+
+
+class PreconditionFailed(VoxwireError):
+    pass
+
+
+class StreamAbandoned(VoxwireError):
+    pass
+
+
+class LimitExceeded(VoxwireError):
+    pass
+
+
+class OverCapacity(VoxwireError):
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(VoxwireError):
+    pass
+
+
+class NotImplementedCapability(VoxwireError):
+    def __init__(self, capability: str) -> None:
+        super().__init__(f"{capability} is not implemented in this server version")
+        self.capability = capability
+
+
+class ConfigError(VoxwireError):
+    """Invalid server configuration, found at start-up."""

@@ -1,0 +1,21 @@
+"""Request and stream ids carried in a contextvar and stamped onto every log record."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import uuid
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("voxwire_request_id", default="-")
+
+
+def new_request_id() -> str:
+    rid = uuid.uuid4().hex[:16]
+    request_id.set(rid)
+    return rid
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True

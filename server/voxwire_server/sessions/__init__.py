@@ -1,0 +1,1 @@
+"""Per-request orchestration: audio → VAD → utterances → decode → results; text → audio."""

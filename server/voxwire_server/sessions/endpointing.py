@@ -1,0 +1,149 @@
+"""Cuts a stream of 16 kHz samples into utterances from per-frame VAD decisions."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from voxwire_server.domain import Endpointing
+from voxwire_server.engines.audio import ASR_SAMPLE_RATE_HZ
+from voxwire_server.engines.base import VoiceActivityDetector
+
+# Trailing audio kept after the last voiced frame: word endings fade below the VAD threshold.
+_TAIL_MS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    utterance_index: int
+    # Sample offsets in the stream (16 kHz).
+    speech_start: int
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceEnded:
+    utterance_index: int
+    audio: npt.NDArray[np.int16]
+    # Offset of audio[0] in the stream, and of the end of the last voiced frame.
+    audio_start: int
+    speech_end: int
+    # True when max_utterance_s cut it rather than silence.
+    forced: bool
+
+
+EndpointEvent = SpeechStarted | UtteranceEnded
+
+
+class Endpointer:
+    """Speech starts after min_speech_ms of consecutive voiced frames (pre-roll kept); it ends after
+    silence_ms of consecutive unvoiced frames, or when it reaches max_utterance_s."""
+
+    def __init__(self, vad: VoiceActivityDetector, config: Endpointing) -> None:
+        self._vad = vad
+        self._frame = ASR_SAMPLE_RATE_HZ * vad.frame_ms // 1000
+        self._start_frames = max(1, -(-config.min_speech_ms // vad.frame_ms))
+        self._end_frames = max(1, -(-config.silence_ms // vad.frame_ms))
+        self._tail_frames = -(-_TAIL_MS // vad.frame_ms)
+        self._max_frames = int(config.max_utterance_s * 1000) // vad.frame_ms
+        pre_roll_frames = config.pre_roll_ms // vad.frame_ms
+        self._ring: collections.deque[npt.NDArray[np.int16]] = collections.deque(
+            maxlen=pre_roll_frames + self._start_frames
+        )
+        self._leftover = np.zeros(0, np.int16)
+        self._position = 0  # samples consumed into frames so far
+        self._utterance_index = 0
+        self._speaking = False
+        self._voiced_run = 0
+        self._frames: list[npt.NDArray[np.int16]] = []
+        self._audio_start = 0
+        self._last_voiced_end = 0
+        self._silence_run = 0
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    @property
+    def utterance_index(self) -> int:
+        """Index of the utterance in progress, or of the next one."""
+        return self._utterance_index
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def current_audio(self) -> tuple[npt.NDArray[np.int16], int]:
+        """The utterance in progress so far, and its start offset."""
+        if not self._frames:
+            return np.zeros(0, np.int16), self._audio_start
+        return np.concatenate(self._frames), self._audio_start
+
+    def push(self, samples: npt.NDArray[np.int16]) -> list[EndpointEvent]:
+        data = np.concatenate([self._leftover, samples]) if self._leftover.size else samples
+        events: list[EndpointEvent] = []
+        whole = data.size - data.size % self._frame
+        for start in range(0, whole, self._frame):
+            events.extend(self._step(data[start : start + self._frame]))
+        self._leftover = data[whole:].copy()
+        return events
+
+    def flush(self) -> list[EndpointEvent]:
+        """End of audio: closes the utterance in progress, if any."""
+        if not self._speaking:
+            return []
+        if self._leftover.size:
+            self._frames.append(self._leftover)
+            self._position += self._leftover.size
+            self._leftover = np.zeros(0, np.int16)
+        return [self._end(forced=False, keep_all=True)]
+
+    def _step(self, frame: npt.NDArray[np.int16]) -> list[EndpointEvent]:
+        voiced = self._vad.is_speech(frame)
+        frame_start = self._position
+        self._position += frame.size
+        if not self._speaking:
+            self._ring.append(frame)
+            self._voiced_run = self._voiced_run + 1 if voiced else 0
+            if self._voiced_run < self._start_frames:
+                return []
+            self._speaking = True
+            self._frames = list(self._ring)
+            self._ring.clear()
+            self._audio_start = self._position - sum(f.size for f in self._frames)
+            self._last_voiced_end = self._position
+            self._silence_run = 0
+            speech_start = frame_start - (self._start_frames - 1) * self._frame
+            return [SpeechStarted(self._utterance_index, max(speech_start, self._audio_start))]
+        self._frames.append(frame)
+        if voiced:
+            self._silence_run = 0
+            self._last_voiced_end = self._position
+        else:
+            self._silence_run += 1
+        if self._silence_run >= self._end_frames:
+            return [self._end(forced=False, keep_all=False)]
+        if len(self._frames) >= self._max_frames:
+            return [self._end(forced=True, keep_all=True)]
+        return []
+
+    def _end(self, *, forced: bool, keep_all: bool) -> UtteranceEnded:
+        frames = self._frames
+        if not keep_all:
+            trailing = min(self._silence_run, len(frames))
+            frames = frames[: len(frames) - max(0, trailing - self._tail_frames)]
+        event = UtteranceEnded(
+            utterance_index=self._utterance_index,
+            audio=np.concatenate(frames),
+            audio_start=self._audio_start,
+            speech_end=self._last_voiced_end if not forced else self._position,
+            forced=forced,
+        )
+        self._utterance_index += 1
+        self._speaking = False
+        self._voiced_run = 0
+        self._frames = []
+        self._silence_run = 0
+        return event

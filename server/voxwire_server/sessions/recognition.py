@@ -1,0 +1,273 @@
+"""Recognition: whole clips, and bidirectional streams cut into utterances by the endpointer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from voxwire_server.domain import (
+    Alternative,
+    AudioChunk,
+    DecodeOptions,
+    EndOfAudio,
+    RecognitionOptions,
+    Result,
+    Segment,
+    SpeechEvent,
+    SpeechEventType,
+    StreamInput,
+    StreamStart,
+    StreamUpdate,
+    Tier,
+)
+from voxwire_server.engines.audio import ASR_SAMPLE_RATE_HZ, StreamDecoder, decode_clip, pcm16_to_float
+from voxwire_server.engines.base import SpeechRecognizer, VoiceActivityDetector
+from voxwire_server.errors import InvalidInput, LimitExceeded, NotImplementedCapability, StreamAbandoned
+from voxwire_server.sessions.endpointing import Endpointer, SpeechStarted, UtteranceEnded
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[StreamUpdate], Awaitable[None]]
+VadFactory = Callable[[int], VoiceActivityDetector]
+
+
+@dataclass(frozen=True, slots=True)
+class RecognitionLimits:
+    max_clip_s: float = 600.0
+    max_chunk_ms: int = 1000
+    queue_chunks: int = 200
+    partial_interval_ms: int = 500
+
+
+def _ms(samples: int) -> int:
+    return samples * 1000 // ASR_SAMPLE_RATE_HZ
+
+
+def check_options(recognizer: SpeechRecognizer, options: RecognitionOptions) -> None:
+    """Rejects what cannot be served before any audio is processed."""
+    recognizer.check_language(options.decode.language)
+    if options.decode.max_alternatives < 1:
+        raise InvalidInput("max_alternatives must be at least 1")
+    e = options.endpointing
+    if not 0 <= e.vad_aggressiveness <= 3:
+        raise InvalidInput(f"vad_aggressiveness must be 0..3, got {e.vad_aggressiveness}")
+    if not 100 <= e.silence_ms <= 10_000:
+        raise InvalidInput(f"silence_ms must be 100..10000, got {e.silence_ms}")
+    if not 1.0 <= e.max_utterance_s <= 30.0:
+        raise InvalidInput(f"max_utterance_s must be 1..30, got {e.max_utterance_s}")
+    if not 10 <= e.min_speech_ms <= 2000:
+        raise InvalidInput(f"min_speech_ms must be 10..2000, got {e.min_speech_ms}")
+
+
+def segments_to_results(
+    segments: list[Segment], *, offset_samples: int, tier: Tier, latency_ms: float, first_index: int = 0
+) -> list[Result]:
+    offset_s = offset_samples / ASR_SAMPLE_RATE_HZ
+    results = []
+    for i, seg in enumerate(segments):
+        alternatives = tuple(_shift(a, offset_s) for a in seg.alternatives)
+        results.append(
+            Result(
+                alternatives=alternatives,
+                is_final=True,
+                utterance_index=first_index + i,
+                start_ms=round((offset_s + seg.start_s) * 1000),
+                end_ms=round((offset_s + seg.end_s) * 1000),
+                tier=tier,
+                processing_latency_ms=latency_ms,
+            )
+        )
+    return results
+
+
+def _shift(alt: Alternative, offset_s: float) -> Alternative:
+    words = tuple(replace(w, start_s=w.start_s + offset_s, end_s=w.end_s + offset_s) for w in alt.words)
+    return replace(alt, words=words)
+
+
+async def recognize_clip(
+    recognizer: SpeechRecognizer, audio: bytes, options: RecognitionOptions, limits: RecognitionLimits
+) -> tuple[list[Result], int]:
+    """Decodes a whole clip; returns one final per segment and the clip's duration in ms."""
+    check_options(recognizer, options)
+    samples = await asyncio.to_thread(decode_clip, audio, options.audio)
+    duration_s = samples.size / ASR_SAMPLE_RATE_HZ
+    if duration_s > limits.max_clip_s:
+        raise LimitExceeded(f"clip is {duration_s:.0f} s; this server accepts at most {limits.max_clip_s:.0f} s")
+    started = time.perf_counter()
+    segments = await recognizer.transcribe(samples, options.decode)
+    latency_ms = (time.perf_counter() - started) * 1000
+    results = segments_to_results(segments, offset_samples=0, tier=options.decode.tier, latency_ms=latency_ms)
+    return results, round(duration_s * 1000)
+
+
+_END = object()
+
+
+class RecognitionStream:
+    """One bidirectional stream: a reader task feeds a bounded queue (a full queue is backpressure on the
+    client), a worker task runs the endpointer and decodes each utterance; interim results run as one
+    extra task at a time and never outlive their utterance."""
+
+    def __init__(
+        self,
+        start: StreamStart,
+        recognizer: SpeechRecognizer,
+        vad_factory: VadFactory,
+        limits: RecognitionLimits,
+        emit: Emit,
+    ) -> None:
+        if start.resume_token:
+            raise NotImplementedCapability("stream resumption (resume_token)")
+        options = start.options
+        check_options(recognizer, options)
+        self._options = options
+        self._recognizer = recognizer
+        self._limits = limits
+        self._emit = emit
+        self._decoder = StreamDecoder(options.audio)
+        self._endpointer = Endpointer(vad_factory(options.endpointing.vad_aggressiveness), options.endpointing)
+        self._queue: asyncio.Queue[npt.NDArray[np.int16] | object] = asyncio.Queue(limits.queue_chunks)
+        self._committed_ms = 0
+        self._partial: asyncio.Task[None] | None = None
+        self._last_partial_at = 0
+        self._partial_interval = limits.partial_interval_ms * ASR_SAMPLE_RATE_HZ // 1000
+
+    async def run(self, inputs: AsyncIterator[StreamInput]) -> None:
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(self._read(inputs))
+            tg.create_task(self._work(tg, reader))
+
+    async def _read(self, inputs: AsyncIterator[StreamInput]) -> None:
+        async for item in inputs:
+            if isinstance(item, EndOfAudio):
+                await self._queue.put(self._decoder.finish())
+                await self._queue.put(_END)
+                return
+            assert isinstance(item, AudioChunk)
+            if not item.data:
+                raise InvalidInput("an audio message carried no bytes")
+            samples = self._decoder.feed(item.data)
+            chunk_ms = self._decoder.chunk_duration_ms(len(item.data))
+            if chunk_ms > self._limits.max_chunk_ms:
+                raise InvalidInput(
+                    f"audio chunk of {chunk_ms:.0f} ms is over the {self._limits.max_chunk_ms} ms limit; "
+                    "send smaller chunks"
+                )
+            await self._queue.put(samples)
+        raise StreamAbandoned(
+            "the request stream closed without end_of_audio; the unfinished utterance was discarded"
+        )
+
+    async def _work(self, tg: asyncio.TaskGroup, reader: asyncio.Task[None]) -> None:
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is _END:
+                    events = self._endpointer.flush()
+                else:
+                    assert isinstance(item, np.ndarray)
+                    events = self._endpointer.push(item)
+                for event in events:
+                    if isinstance(event, SpeechStarted):
+                        await self._send_event(SpeechEventType.SPEECH_STARTED, event.speech_start, event.utterance_index)
+                    elif await self._finish_utterance(event):
+                        return
+                if item is _END:
+                    return
+                self._maybe_start_partial(tg)
+        finally:
+            await self._stop_partial()
+            reader.cancel()
+
+    async def _finish_utterance(self, event: UtteranceEnded) -> bool:
+        """Decodes and sends the final; True when the stream is over (single-utterance mode)."""
+        detected = time.perf_counter()
+        await self._stop_partial()
+        single = self._options.single_utterance
+        kind = SpeechEventType.END_OF_SINGLE_UTTERANCE if single else SpeechEventType.END_OF_UTTERANCE
+        await self._send_event(kind, event.speech_end, event.utterance_index)
+        segments = await self._recognizer.transcribe(pcm16_to_float(event.audio), self._options.decode)
+        text = " ".join(a.text for s in segments for a in s.alternatives[:1]).strip()
+        self._committed_ms = _ms(event.audio_start + event.audio.size)
+        if text:
+            result = _merge(
+                segments,
+                offset_samples=event.audio_start,
+                end_samples=event.audio_start + event.audio.size,
+                index=event.utterance_index,
+                tier=self._options.decode.tier,
+                latency_ms=(time.perf_counter() - detected) * 1000,
+            )
+            await self._emit(StreamUpdate(result, self._committed_ms))
+        return single
+
+    def _maybe_start_partial(self, tg: asyncio.TaskGroup) -> None:
+        if not (self._options.interim_results and self._endpointer.speaking):
+            return
+        if self._partial is not None and not self._partial.done():
+            return
+        position = self._endpointer.position
+        if position - self._last_partial_at < self._partial_interval:
+            return
+        audio, start = self._endpointer.current_audio()
+        if audio.size < self._partial_interval:
+            return
+        self._last_partial_at = position
+        self._partial = tg.create_task(self._run_partial(audio, start, self._endpointer.utterance_index))
+
+    async def _run_partial(self, audio: npt.NDArray[np.int16], start: int, index: int) -> None:
+        started = time.perf_counter()
+        options = replace(self._options.decode, tier=Tier.FAST, word_timestamps=False)
+        segments = await self._recognizer.transcribe(pcm16_to_float(audio), options)
+        text = " ".join(a.text for s in segments for a in s.alternatives[:1]).strip()
+        if not text or index != self._endpointer.utterance_index:
+            return
+        result = _merge(
+            segments,
+            offset_samples=start,
+            end_samples=start + audio.size,
+            index=index,
+            tier=Tier.FAST,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+        # Stability is not estimated yet: partials say 0 ("may still change").
+        await self._emit(StreamUpdate(replace(result, is_final=False, stability=0.0), self._committed_ms))
+
+    async def _stop_partial(self) -> None:
+        if self._partial is not None and not self._partial.done():
+            self._partial.cancel()
+            # asyncio.wait does not re-raise the partial's CancelledError into this task.
+            await asyncio.wait([self._partial])
+        self._partial = None
+
+    async def _send_event(self, kind: SpeechEventType, offset_samples: int, index: int) -> None:
+        await self._emit(StreamUpdate(SpeechEvent(kind, _ms(offset_samples), index), self._committed_ms))
+
+
+def _merge(
+    segments: list[Segment], *, offset_samples: int, end_samples: int, index: int, tier: Tier, latency_ms: float
+) -> Result:
+    """One result for an utterance, however many segments the decoder split it into."""
+    offset_s = offset_samples / ASR_SAMPLE_RATE_HZ
+    best = [s.alternatives[0] for s in segments if s.alternatives]
+    text = " ".join(a.text for a in best).strip()
+    # Weight each segment's confidence by its length in characters.
+    weight = sum(len(a.text) for a in best) or 1
+    confidence = sum(a.confidence * len(a.text) for a in best) / weight
+    words = tuple(w for a in best for w in _shift(a, offset_s).words)
+    return Result(
+        alternatives=(Alternative(text=text, confidence=confidence, words=words),),
+        is_final=True,
+        utterance_index=index,
+        start_ms=_ms(offset_samples),
+        end_ms=_ms(end_samples),
+        tier=tier,
+        processing_latency_ms=latency_ms,
+    )

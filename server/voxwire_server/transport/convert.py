@@ -1,0 +1,208 @@
+"""Protobuf ↔ domain values."""
+
+from __future__ import annotations
+
+from voxwire.v1 import common_pb2, recognizer_pb2, synthesizer_pb2
+
+from voxwire_server.domain import (
+    AudioFormat,
+    CachePolicy,
+    DecodeOptions,
+    EncodedAudio,
+    Encoding,
+    Endpointing,
+    RecognitionOptions,
+    RequestContext,
+    Result,
+    SpeechEvent,
+    SpeechEventType,
+    StreamUpdate,
+    SynthesisRequest,
+    Tier,
+    VoiceInfo,
+)
+from voxwire_server.errors import InvalidInput, NotImplementedCapability
+
+_ENCODINGS = {
+    common_pb2.LINEAR16: Encoding.LINEAR16,
+    common_pb2.WAV: Encoding.WAV,
+    common_pb2.FLAC: Encoding.FLAC,
+    common_pb2.OGG_OPUS: Encoding.OGG_OPUS,
+}
+_ENCODINGS_PB = {v: k for k, v in _ENCODINGS.items()}
+_POLICIES = {
+    common_pb2.CACHE_POLICY_UNSPECIFIED: CachePolicy.USE,
+    common_pb2.CACHE_POLICY_USE: CachePolicy.USE,
+    common_pb2.CACHE_POLICY_BYPASS: CachePolicy.BYPASS,
+    common_pb2.CACHE_POLICY_DO_NOT_STORE: CachePolicy.DO_NOT_STORE,
+}
+_TIERS_PB = {Tier.FAST: recognizer_pb2.MODEL_TIER_FAST, Tier.ACCURATE: recognizer_pb2.MODEL_TIER_ACCURATE}
+_EVENTS_PB = {
+    SpeechEventType.SPEECH_STARTED: recognizer_pb2.SpeechEvent.SPEECH_STARTED,
+    SpeechEventType.END_OF_UTTERANCE: recognizer_pb2.SpeechEvent.END_OF_UTTERANCE,
+    SpeechEventType.END_OF_SINGLE_UTTERANCE: recognizer_pb2.SpeechEvent.END_OF_SINGLE_UTTERANCE,
+}
+MAX_HOTWORDS = 100
+MAX_PROMPT_CHARS = 1000
+
+
+def context(pb: common_pb2.RequestContext, request_id: str) -> RequestContext:
+    if pb.cache_policy not in _POLICIES:
+        raise InvalidInput(f"unknown cache_policy {pb.cache_policy}")
+    return RequestContext(
+        tenant_id=pb.tenant_id,
+        user_id=pb.user_id,
+        cache_policy=_POLICIES[pb.cache_policy],
+        request_id=pb.request_id or request_id,
+    )
+
+
+def encoding(value: int, *, default: Encoding | None = None) -> Encoding:
+    if value == common_pb2.AUDIO_ENCODING_UNSPECIFIED and default is not None:
+        return default
+    if value not in _ENCODINGS:
+        raise InvalidInput("encoding must be set to LINEAR16, WAV, FLAC or OGG_OPUS")
+    return _ENCODINGS[value]
+
+
+def recognition_options(
+    pb: recognizer_pb2.RecognitionConfig, defaults: Endpointing, default_tier: Tier, request_id: str
+) -> RecognitionOptions:
+    enc = encoding(pb.encoding)
+    if enc is Encoding.LINEAR16 and pb.sample_rate_hz <= 0:
+        raise InvalidInput("sample_rate_hz is required for LINEAR16 audio")
+    if pb.sample_rate_hz < 0 or pb.channels < 0:
+        raise InvalidInput("sample_rate_hz and channels must not be negative")
+    if pb.max_alternatives < 0:
+        raise InvalidInput("max_alternatives must not be negative")
+    if len(pb.hotwords) > MAX_HOTWORDS or len(pb.prompt) > MAX_PROMPT_CHARS:
+        raise InvalidInput(f"at most {MAX_HOTWORDS} hotwords and a prompt of {MAX_PROMPT_CHARS} characters")
+    tiers = {
+        recognizer_pb2.MODEL_TIER_UNSPECIFIED: default_tier,
+        recognizer_pb2.MODEL_TIER_FAST: Tier.FAST,
+        recognizer_pb2.MODEL_TIER_ACCURATE: Tier.ACCURATE,
+    }
+    if pb.model_tier not in tiers:
+        raise InvalidInput(f"unknown model_tier {pb.model_tier}")
+    e = pb.endpointing
+    endpointing = Endpointing(
+        silence_ms=e.silence_ms if e.HasField("silence_ms") else defaults.silence_ms,
+        max_utterance_s=e.max_utterance_s if e.HasField("max_utterance_s") else defaults.max_utterance_s,
+        vad_aggressiveness=e.vad_aggressiveness if e.HasField("vad_aggressiveness") else defaults.vad_aggressiveness,
+        min_speech_ms=e.min_speech_ms if e.HasField("min_speech_ms") else defaults.min_speech_ms,
+        pre_roll_ms=defaults.pre_roll_ms,
+    )
+    return RecognitionOptions(
+        audio=AudioFormat(enc, pb.sample_rate_hz, pb.channels),
+        decode=DecodeOptions(
+            tier=tiers[pb.model_tier],
+            language=pb.language or "en",
+            word_timestamps=pb.word_timestamps,
+            max_alternatives=max(1, pb.max_alternatives),
+            hotwords=tuple(h.strip() for h in pb.hotwords if h.strip()),
+            prompt=pb.prompt.strip(),
+        ),
+        endpointing=endpointing,
+        interim_results=pb.interim_results,
+        single_utterance=pb.single_utterance,
+        context=context(pb.context, request_id),
+    )
+
+
+def result(r: Result) -> recognizer_pb2.RecognitionResult:
+    return recognizer_pb2.RecognitionResult(
+        alternatives=[
+            recognizer_pb2.SpeechRecognitionAlternative(
+                transcript=a.text,
+                confidence=a.confidence,
+                words=[
+                    recognizer_pb2.WordInfo(
+                        word=w.text,
+                        start_ms=round(w.start_s * 1000),
+                        end_ms=round(w.end_s * 1000),
+                        confidence=w.probability,
+                    )
+                    for w in a.words
+                ],
+            )
+            for a in r.alternatives
+        ],
+        is_final=r.is_final,
+        stability=r.stability,
+        utterance_index=r.utterance_index,
+        audio_start_ms=r.start_ms,
+        audio_end_ms=r.end_ms,
+        # No result cache exists yet: no tier was consulted.
+        cache_status=recognizer_pb2.CACHE_STATUS_UNSPECIFIED,
+        model_tier=_TIERS_PB[r.tier],
+        processing_latency_ms=r.processing_latency_ms,
+    )
+
+
+def stream_update(update: StreamUpdate, stream_id: str) -> recognizer_pb2.StreamingRecognizeResponse:
+    response = recognizer_pb2.StreamingRecognizeResponse(
+        stream_id=stream_id, committed_audio_offset_ms=update.committed_offset_ms
+    )
+    payload = update.payload
+    if isinstance(payload, SpeechEvent):
+        response.speech_event.CopyFrom(
+            recognizer_pb2.SpeechEvent(
+                type=_EVENTS_PB[payload.type],
+                audio_offset_ms=payload.offset_ms,
+                utterance_index=payload.utterance_index,
+            )
+        )
+    else:
+        response.result.CopyFrom(result(payload))
+    return response
+
+
+def synthesis_request(pb: synthesizer_pb2.SynthesizeRequest, request_id: str) -> SynthesisRequest:
+    kind = pb.WhichOneof("input")
+    if kind == "ssml":
+        raise NotImplementedCapability("SSML input")
+    if kind == "template":
+        raise NotImplementedCapability("template synthesis")
+    if kind is None:
+        raise InvalidInput("text is empty: set text, ssml or template")
+    if pb.sample_rate_hz < 0:
+        raise InvalidInput("sample_rate_hz must not be negative")
+    return SynthesisRequest(
+        text=pb.text,
+        voice=pb.voice,
+        speaking_rate=pb.speaking_rate or 1.0,
+        encoding=encoding(pb.encoding, default=Encoding.WAV),
+        sample_rate_hz=pb.sample_rate_hz,
+        context=context(pb.context, request_id),
+    )
+
+
+def encoding_pb(value: Encoding) -> common_pb2.AudioEncoding.ValueType:
+    return _ENCODINGS_PB[value]
+
+
+def chunk(audio: EncodedAudio, sequence: int) -> synthesizer_pb2.SynthesisChunk:
+    return synthesizer_pb2.SynthesisChunk(
+        audio=audio.data,
+        encoding=encoding_pb(audio.encoding),
+        sample_rate_hz=audio.sample_rate_hz,
+        audio_offset_ms=audio.offset_ms,
+        audio_duration_ms=audio.duration_ms,
+        # No phrase cache exists yet: no tier was consulted.
+        cache_status=synthesizer_pb2.SYNTHESIS_CACHE_STATUS_UNSPECIFIED,
+        sequence=sequence,
+        last=audio.last,
+    )
+
+
+def voice(v: VoiceInfo, sample_rates_hz: tuple[int, ...]) -> synthesizer_pb2.Voice:
+    return synthesizer_pb2.Voice(
+        name=v.name,
+        language=v.language,
+        accent=v.accent,
+        gender=v.gender,
+        native_sample_rate_hz=v.native_sample_rate_hz,
+        sample_rates_hz=list(sample_rates_hz),
+        is_default=v.is_default,
+    )
+

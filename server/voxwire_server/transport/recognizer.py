@@ -1,0 +1,107 @@
+"""voxwire.v1.Recognizer."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from voxwire.v1 import recognizer_pb2, recognizer_pb2_grpc
+
+from voxwire_server.domain import AudioChunk, EndOfAudio, Result, StreamInput, StreamStart, StreamUpdate
+from voxwire_server.errors import InvalidInput
+from voxwire_server.logcontext import new_request_id
+from voxwire_server.sessions.recognition import RecognitionStream, recognize_clip
+from voxwire_server.sessions.runtime import Runtime
+from voxwire_server.transport import convert
+from voxwire_server.transport.status import mapped_errors
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    async def Recognize(
+        self, request: recognizer_pb2.RecognizeRequest, context: Context
+    ) -> recognizer_pb2.RecognizeResponse:
+        rid = new_request_id()
+        started = time.perf_counter()
+        self._rt.telemetry.recognize_requests += 1
+        async with mapped_errors(context, rid):
+            if not request.HasField("config"):
+                raise InvalidInput("config is required")
+            options = convert.recognition_options(
+                request.config, self._rt.endpointing, self._rt.default_tier, rid
+            )
+            results, duration_ms = await recognize_clip(
+                self._rt.recognizer, request.audio, options, self._rt.recognition_limits
+            )
+            log.info("recognized %d ms of audio into %d segments", duration_ms, len(results))
+            return recognizer_pb2.RecognizeResponse(
+                results=[convert.result(r) for r in results],
+                audio_duration_ms=duration_ms,
+                processing_latency_ms=(time.perf_counter() - started) * 1000,
+            )
+
+    async def StreamingRecognize(
+        self, request_iterator: AsyncIterator[recognizer_pb2.StreamingRecognizeRequest], context: Context
+    ) -> None:
+        rid = new_request_id()
+        async with mapped_errors(context, rid):
+            first = await anext(aiter(request_iterator), None)
+            if first is None:
+                raise InvalidInput("the stream carried no messages; the first one must be config")
+            if first.WhichOneof("request") != "config":
+                raise InvalidInput(
+                    f"the first message must be config, got {first.WhichOneof('request') or 'an empty message'}"
+                )
+            cfg = first.config
+            if not cfg.HasField("config"):
+                raise InvalidInput("config.config (RecognitionConfig) is required")
+            start = StreamStart(
+                options=convert.recognition_options(
+                    cfg.config, self._rt.endpointing, self._rt.default_tier, rid
+                ),
+                stream_id=cfg.stream_id or uuid.uuid4().hex,
+                resume_token=cfg.resume_token,
+            )
+            recognizer = self._rt.recognizer
+            self._rt.admit_stream()
+            try:
+                log.info("stream %s opened", start.stream_id)
+
+                async def emit(update: StreamUpdate) -> None:
+                    if isinstance(update.payload, Result) and update.payload.is_final:
+                        self._rt.telemetry.final_latency.observe(update.payload.processing_latency_ms / 1000)
+                    await context.write(convert.stream_update(update, start.stream_id))
+
+                stream = RecognitionStream(
+                    start, recognizer, self._rt.vad_factory, self._rt.recognition_limits, emit
+                )
+                await stream.run(_inputs(request_iterator))
+                log.info("stream %s finished", start.stream_id)
+            finally:
+                self._rt.telemetry.stream_closed()
+
+
+async def _inputs(
+    requests: AsyncIterator[recognizer_pb2.StreamingRecognizeRequest],
+) -> AsyncIterator[StreamInput]:
+    async for message in requests:
+        kind = message.WhichOneof("request")
+        if kind == "audio":
+            yield AudioChunk(message.audio)
+        elif kind == "end_of_audio":
+            yield EndOfAudio()
+            return
+        elif kind == "config":
+            raise InvalidInput("config may only be sent once, as the first message")
+        else:
+            raise InvalidInput("empty message: set audio or end_of_audio")

@@ -1,0 +1,73 @@
+"""The one table from domain exceptions to gRPC status codes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn
+
+import grpc
+
+from voxwire_server import errors
+
+log = logging.getLogger(__name__)
+
+_CODES: tuple[tuple[type[errors.VoxwireError], grpc.StatusCode], ...] = (
+    (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.StreamAbandoned, grpc.StatusCode.ABORTED),
+    (errors.LimitExceeded, grpc.StatusCode.OUT_OF_RANGE),
+    (errors.OverCapacity, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.NotImplementedCapability, grpc.StatusCode.UNIMPLEMENTED),
+)
+
+
+def status_for(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, str]:
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code, str(exc)
+    log.error("internal error in request %s", request_id, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+
+
+def _first_domain_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The exception to report from a TaskGroup failure: a domain error when there is one."""
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                walk(inner)
+        else:
+            leaves.append(e)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, errors.VoxwireError):
+            return leaf
+    return leaves[0] if leaves else group
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, request_id: str) -> NoReturn:
+    if isinstance(exc, BaseExceptionGroup):
+        exc = _first_domain_error(exc)
+    code, message = status_for(exc, request_id)
+    await context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")
+
+
+@asynccontextmanager
+async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any], request_id: str) -> AsyncIterator[None]:
+    """Turns domain exceptions (also inside task groups) into the status table's codes."""
+    try:
+        yield
+    except (errors.VoxwireError, ExceptionGroup) as exc:
+        await abort(context, exc, request_id)
+    except (grpc.aio.AbortError, grpc.aio.UsageError):
+        raise
+    except Exception as exc:
+        await abort(context, exc, request_id)
+

@@ -1,0 +1,75 @@
+"""voxwire.v1.Synthesizer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from voxwire.v1 import synthesizer_pb2, synthesizer_pb2_grpc
+
+from voxwire_server.config import OUTPUT_SAMPLE_RATES_HZ
+from voxwire_server.logcontext import new_request_id
+from voxwire_server.sessions.runtime import Runtime
+from voxwire_server.sessions.synthesis import SynthesisSession
+from voxwire_server.transport import convert
+from voxwire_server.transport.status import mapped_errors
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    def _session(self) -> SynthesisSession:
+        return SynthesisSession(self._rt.synthesizer, self._rt.synthesis_limits)
+
+    async def Synthesize(
+        self, request: synthesizer_pb2.SynthesizeRequest, context: Context
+    ) -> synthesizer_pb2.SynthesizeResponse:
+        rid = new_request_id()
+        self._rt.telemetry.synthesize_requests += 1
+        async with mapped_errors(context, rid):
+            req = convert.synthesis_request(request, rid)
+            audio, voice = await self._session().synthesize(req)
+            log.info("synthesized %d ms with voice %s", audio.duration_ms, voice)
+            return synthesizer_pb2.SynthesizeResponse(
+                audio=audio.data,
+                encoding=convert.encoding_pb(audio.encoding),
+                sample_rate_hz=audio.sample_rate_hz,
+                audio_duration_ms=audio.duration_ms,
+                cache_status=synthesizer_pb2.SYNTHESIS_CACHE_STATUS_UNSPECIFIED,
+                voice=voice,
+            )
+
+    async def SynthesizeStream(
+        self, request: synthesizer_pb2.SynthesizeRequest, context: Context
+    ) -> AsyncIterator[synthesizer_pb2.SynthesisChunk]:
+        rid = new_request_id()
+        started = time.perf_counter()
+        self._rt.telemetry.synthesize_requests += 1
+        async with mapped_errors(context, rid):
+            req = convert.synthesis_request(request, rid)
+            sequence = 0
+            async for audio in self._session().stream(req):
+                if sequence == 0:
+                    self._rt.telemetry.tts_first_audio.observe(time.perf_counter() - started)
+                yield convert.chunk(audio, sequence)
+                sequence += 1
+
+    async def ListVoices(
+        self, request: synthesizer_pb2.ListVoicesRequest, context: Context
+    ) -> synthesizer_pb2.ListVoicesResponse:
+        rid = new_request_id()
+        async with mapped_errors(context, rid):
+            prefix = request.language.lower()
+            voices = [v for v in self._rt.synthesizer.voices() if v.language.lower().startswith(prefix)]
+            return synthesizer_pb2.ListVoicesResponse(
+                voices=[convert.voice(v, OUTPUT_SAMPLE_RATES_HZ) for v in voices]
+            )
+
