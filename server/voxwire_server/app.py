@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from voxwire_server.config import ServerConfig
 from voxwire_server.domain import Endpointing, Tier
@@ -63,7 +64,7 @@ class App:
         self.runtime = build_runtime(config)
         self._grpc: GrpcServer | None = None
         self._engines: tuple[WhisperRecognizer, HibariSynthesizer] | None = None
-        self._metrics_server: object | None = None
+        self._metrics_server: Any = None
 
     @property
     def port(self) -> int:
@@ -86,7 +87,8 @@ class App:
         from prometheus_client import start_http_server
 
         host, _, port = self.config.metrics_listen.rpartition(":")
-        self._metrics_server = start_http_server(int(port), addr=host, registry=self.runtime.telemetry.registry)
+        server, _thread = start_http_server(int(port), addr=host, registry=self.runtime.telemetry.registry)
+        self._metrics_server = server
 
     async def wait(self) -> None:
         assert self._grpc is not None
@@ -103,7 +105,6 @@ class App:
                 await asyncio.to_thread(engine.close)
             self._engines = None
         if self._metrics_server is not None:
-            server, _thread = self._metrics_server  # type: ignore[misc]
-            server.shutdown()
+            self._metrics_server.shutdown()
             self._metrics_server = None
         log.info("stopped")

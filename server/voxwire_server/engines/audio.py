@@ -57,7 +57,11 @@ class Resampler:
     def _collect(frames: list[Any]) -> Int16Array:
         if not frames:
             return np.zeros(0, np.int16)
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16, copy=False)
+        return np.concatenate([_samples(f) for f in frames])
+
+
+def _samples(frame: Any) -> Int16Array:
+    return np.asarray(frame.to_ndarray(), dtype=np.int16).reshape(-1)
 
 
 def pcm16_to_float(samples: Int16Array) -> Float32Array:
@@ -84,7 +88,9 @@ def decode_clip(data: bytes, fmt: AudioFormat) -> Float32Array:
         channels = fmt.channels or 1
         check_pcm_format(fmt.sample_rate_hz, channels)
         if len(data) % (2 * channels):
-            raise InvalidInput(f"LINEAR16 audio length {len(data)} is not a whole number of {channels}-channel samples")
+            raise InvalidInput(
+                f"LINEAR16 audio length {len(data)} is not a whole number of {channels}-channel samples"
+            )
         resampler = Resampler(fmt.sample_rate_hz, channels, ASR_SAMPLE_RATE_HZ)
         pcm = np.frombuffer(data, dtype="<i2").astype(np.int16)
         return pcm16_to_float(np.concatenate([resampler.feed(pcm), resampler.flush()]))
@@ -104,21 +110,23 @@ def _decode_container(data: bytes, fmt: AudioFormat) -> Float32Array:
             stream = container.streams.audio[0]
             rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
             if fmt.sample_rate_hz and fmt.sample_rate_hz != rate:
-                raise InvalidInput(f"sample_rate_hz {fmt.sample_rate_hz} does not match the {name} data ({rate} Hz)")
+                raise InvalidInput(
+                    f"sample_rate_hz {fmt.sample_rate_hz} does not match the {name} data ({rate} Hz)"
+                )
             if fmt.channels and fmt.channels != channels:
                 raise InvalidInput(f"channels {fmt.channels} does not match the {name} data ({channels})")
             swr = av.AudioResampler(format="s16", layout="mono", rate=ASR_SAMPLE_RATE_HZ)
-            parts = []
+            parts: list[Int16Array] = []
             for frame in container.decode(stream):
-                parts.extend(f.to_ndarray().reshape(-1) for f in swr.resample(frame))
-            parts.extend(f.to_ndarray().reshape(-1) for f in swr.resample(None))
+                parts.extend(_samples(f) for f in swr.resample(frame))
+            parts.extend(_samples(f) for f in swr.resample(None))
     except InvalidInput:
         raise
     except (av.FFmpegError, ValueError, IndexError) as exc:
         raise InvalidInput(f"audio declared as {name} could not be decoded: {type(exc).__name__}") from None
     if not parts:
         raise InvalidInput(f"the {name} data decoded to no samples")
-    return pcm16_to_float(np.concatenate(parts).astype(np.int16, copy=False))
+    return pcm16_to_float(np.concatenate(parts))
 
 
 class StreamDecoder:
@@ -135,7 +143,9 @@ class StreamDecoder:
             self._start_pcm(fmt.sample_rate_hz, fmt.channels or 1)
         elif fmt.encoding is not Encoding.WAV:
             raise NotImplementedCapability(f"streaming {fmt.encoding.name} decoding (use LINEAR16 or WAV)")
-        elif fmt.channels not in (0, 1, 2) or (fmt.sample_rate_hz and fmt.sample_rate_hz not in INPUT_SAMPLE_RATES_HZ):
+        elif fmt.channels not in (0, 1, 2) or (
+            fmt.sample_rate_hz and fmt.sample_rate_hz not in INPUT_SAMPLE_RATES_HZ
+        ):
             check_pcm_format(fmt.sample_rate_hz or ASR_SAMPLE_RATE_HZ, fmt.channels or 1)
 
     def _start_pcm(self, sample_rate_hz: int, channels: int) -> None:
@@ -162,9 +172,13 @@ class StreamDecoder:
                 return np.zeros(0, np.int16)
             rate, channels, data_offset = header
             if self._fmt.sample_rate_hz and self._fmt.sample_rate_hz != rate:
-                raise InvalidInput(f"sample_rate_hz {self._fmt.sample_rate_hz} does not match the WAV header ({rate} Hz)")
+                raise InvalidInput(
+                    f"sample_rate_hz {self._fmt.sample_rate_hz} does not match the WAV header ({rate} Hz)"
+                )
             if self._fmt.channels and self._fmt.channels != channels:
-                raise InvalidInput(f"channels {self._fmt.channels} does not match the WAV header ({channels})")
+                raise InvalidInput(
+                    f"channels {self._fmt.channels} does not match the WAV header ({channels})"
+                )
             self._start_pcm(rate, channels)
             data = data[data_offset:]
         usable = len(data) - len(data) % self._frame_bytes
@@ -213,9 +227,17 @@ def wav_header(sample_rate_hz: int, channels: int, data_bytes: int | None) -> by
     """A 44-byte PCM16 header; data_bytes None marks an open-ended stream (sizes 0xFFFFFFFF)."""
     data_size = 0xFFFFFFFF if data_bytes is None else data_bytes
     riff_size = 0xFFFFFFFF if data_bytes is None else 36 + data_bytes
-    return b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + b"fmt " + struct.pack(
-        "<IHHIIHH", 16, 1, channels, sample_rate_hz, sample_rate_hz * channels * 2, channels * 2, 16
-    ) + b"data" + struct.pack("<I", data_size)
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff_size)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack(
+            "<IHHIIHH", 16, 1, channels, sample_rate_hz, sample_rate_hz * channels * 2, channels * 2, 16
+        )
+        + b"data"
+        + struct.pack("<I", data_size)
+    )
 
 
 OPUS_SAMPLE_RATES_HZ = (8000, 12000, 16000, 24000, 48000)
@@ -240,7 +262,9 @@ class AudioEncoder:
         if encoding is Encoding.OGG_OPUS:
             self._buffer = io.BytesIO()
             # Short Ogg pages so a streamed reply flushes audio with each chunk.
-            self._container = av.open(self._buffer, mode="w", format="ogg", options={"page_duration": "60000"})
+            self._container = av.open(
+                self._buffer, mode="w", format="ogg", options={"page_duration": "60000"}
+            )
             self._stream = self._container.add_stream("libopus", rate=target_rate_hz, layout="mono")
             self._read_pos = 0
 
@@ -279,4 +303,3 @@ class AudioEncoder:
         if self._container is not None:
             container, self._container = self._container, None
             container.close()
-

@@ -67,7 +67,9 @@ class WhisperRecognizer:
     def check_language(self, language: str) -> str:
         code = (language or "en").split("-")[0].lower()
         if not self._multilingual and code != "en":
-            raise InvalidInput(f"language {language!r} is not supported by {self.model_name}; it only knows 'en'")
+            raise InvalidInput(
+                f"language {language!r} is not supported by {self.model_name}; it only knows 'en'"
+            )
         if self._multilingual and code not in self._model.supported_languages:
             raise InvalidInput(f"language {language!r} is not supported by {self.model_name}")
         return code
@@ -102,7 +104,9 @@ class WhisperRecognizer:
 
 def _segment(s: Any) -> Segment:
     words = tuple(
-        Word(text=w.word.strip(), start_s=float(w.start), end_s=float(w.end), probability=float(w.probability))
+        Word(
+            text=w.word.strip(), start_s=float(w.start), end_s=float(w.end), probability=float(w.probability)
+        )
         for w in (s.words or ())
     )
     confidence = math.exp(min(0.0, float(s.avg_logprob)))

@@ -14,7 +14,6 @@ import numpy.typing as npt
 from voxwire_server.domain import (
     Alternative,
     AudioChunk,
-    DecodeOptions,
     EndOfAudio,
     RecognitionOptions,
     Result,
@@ -99,7 +98,9 @@ async def recognize_clip(
     samples = await asyncio.to_thread(decode_clip, audio, options.audio)
     duration_s = samples.size / ASR_SAMPLE_RATE_HZ
     if duration_s > limits.max_clip_s:
-        raise LimitExceeded(f"clip is {duration_s:.0f} s; this server accepts at most {limits.max_clip_s:.0f} s")
+        raise LimitExceeded(
+            f"clip is {duration_s:.0f} s; this server accepts at most {limits.max_clip_s:.0f} s"
+        )
     started = time.perf_counter()
     segments = await recognizer.transcribe(samples, options.decode)
     latency_ms = (time.perf_counter() - started) * 1000
@@ -132,7 +133,9 @@ class RecognitionStream:
         self._limits = limits
         self._emit = emit
         self._decoder = StreamDecoder(options.audio)
-        self._endpointer = Endpointer(vad_factory(options.endpointing.vad_aggressiveness), options.endpointing)
+        self._endpointer = Endpointer(
+            vad_factory(options.endpointing.vad_aggressiveness), options.endpointing
+        )
         self._queue: asyncio.Queue[npt.NDArray[np.int16] | object] = asyncio.Queue(limits.queue_chunks)
         self._committed_ms = 0
         self._partial: asyncio.Task[None] | None = None
@@ -176,7 +179,9 @@ class RecognitionStream:
                     events = self._endpointer.push(item)
                 for event in events:
                     if isinstance(event, SpeechStarted):
-                        await self._send_event(SpeechEventType.SPEECH_STARTED, event.speech_start, event.utterance_index)
+                        await self._send_event(
+                            SpeechEventType.SPEECH_STARTED, event.speech_start, event.utterance_index
+                        )
                     elif await self._finish_utterance(event):
                         return
                 if item is _END:
@@ -252,7 +257,13 @@ class RecognitionStream:
 
 
 def _merge(
-    segments: list[Segment], *, offset_samples: int, end_samples: int, index: int, tier: Tier, latency_ms: float
+    segments: list[Segment],
+    *,
+    offset_samples: int,
+    end_samples: int,
+    index: int,
+    tier: Tier,
+    latency_ms: float,
 ) -> Result:
     """One result for an utterance, however many segments the decoder split it into."""
     offset_s = offset_samples / ASR_SAMPLE_RATE_HZ

@@ -39,9 +39,8 @@ class SynthesisSession:
         if len(text) > self._limits.max_text_chars:
             raise InvalidInput(f"text is {len(text)} characters; the limit is {self._limits.max_text_chars}")
         if not MIN_SPEAKING_RATE <= request.speaking_rate <= MAX_SPEAKING_RATE:
-            raise InvalidInput(
-                f"speaking_rate must be {MIN_SPEAKING_RATE}..{MAX_SPEAKING_RATE}, got {request.speaking_rate:g}"
-            )
+            bounds = f"{MIN_SPEAKING_RATE}..{MAX_SPEAKING_RATE}"
+            raise InvalidInput(f"speaking_rate must be {bounds}, got {request.speaking_rate:g}")
         rate = request.sample_rate_hz or self._tts.sample_rate_hz
         if rate not in OUTPUT_SAMPLE_RATES_HZ:
             allowed = ", ".join(str(r) for r in OUTPUT_SAMPLE_RATES_HZ)
@@ -83,7 +82,10 @@ class SynthesisSession:
         plan = await self._plan(request)
         encoder = AudioEncoder(request.encoding, self._tts.sample_rate_hz, plan.sample_rate_hz)
         try:
-            parts = [encoder.encode(await self._tts.render(plan.voice, u, request.speaking_rate)) for u in plan.units]
+            parts = [
+                encoder.encode(await self._tts.render(plan.voice, u, request.speaking_rate))
+                for u in plan.units
+            ]
             parts.append(encoder.finish())
         finally:
             encoder.close()

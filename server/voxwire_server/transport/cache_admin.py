@@ -20,7 +20,9 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
 
-    async def GetStats(self, request: cache_admin_pb2.GetStatsRequest, context: Context) -> cache_admin_pb2.GetStatsResponse:
+    async def GetStats(
+        self, request: cache_admin_pb2.GetStatsRequest, context: Context
+    ) -> cache_admin_pb2.GetStatsResponse:
         t = self._rt.telemetry
         recognizer, synthesizer = self._rt.engines()
         return cache_admin_pb2.GetStatsResponse(
@@ -35,11 +37,15 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
             tts_model=synthesizer.model_name if synthesizer else "",
         )
 
-    async def PurgeUser(self, request: cache_admin_pb2.PurgeUserRequest, context: Context) -> cache_admin_pb2.PurgeUserResponse:
+    async def PurgeUser(
+        self, request: cache_admin_pb2.PurgeUserRequest, context: Context
+    ) -> cache_admin_pb2.PurgeUserResponse:
         async with mapped_errors(context, new_request_id()):
             raise NotImplementedCapability("PurgeUser (per-user cache purge; no cache tier exists yet)")
 
-    async def Warmup(self, request: cache_admin_pb2.WarmupRequest, context: Context) -> cache_admin_pb2.WarmupResponse:
+    async def Warmup(
+        self, request: cache_admin_pb2.WarmupRequest, context: Context
+    ) -> cache_admin_pb2.WarmupResponse:
         async with mapped_errors(context, new_request_id()):
             raise NotImplementedCapability("Warmup (the TTS phrase cache)")
 

@@ -23,14 +23,14 @@ from voxwire_server.domain import (
 )
 from voxwire_server.errors import InvalidInput, NotImplementedCapability
 
-_ENCODINGS = {
-    common_pb2.LINEAR16: Encoding.LINEAR16,
-    common_pb2.WAV: Encoding.WAV,
-    common_pb2.FLAC: Encoding.FLAC,
-    common_pb2.OGG_OPUS: Encoding.OGG_OPUS,
+_ENCODINGS_PB = {
+    Encoding.LINEAR16: common_pb2.LINEAR16,
+    Encoding.WAV: common_pb2.WAV,
+    Encoding.FLAC: common_pb2.FLAC,
+    Encoding.OGG_OPUS: common_pb2.OGG_OPUS,
 }
-_ENCODINGS_PB = {v: k for k, v in _ENCODINGS.items()}
-_POLICIES = {
+_ENCODINGS: dict[int, Encoding] = {int(pb): domain for domain, pb in _ENCODINGS_PB.items()}
+_POLICIES: dict[int, CachePolicy] = {
     common_pb2.CACHE_POLICY_UNSPECIFIED: CachePolicy.USE,
     common_pb2.CACHE_POLICY_USE: CachePolicy.USE,
     common_pb2.CACHE_POLICY_BYPASS: CachePolicy.BYPASS,
@@ -77,7 +77,7 @@ def recognition_options(
         raise InvalidInput("max_alternatives must not be negative")
     if len(pb.hotwords) > MAX_HOTWORDS or len(pb.prompt) > MAX_PROMPT_CHARS:
         raise InvalidInput(f"at most {MAX_HOTWORDS} hotwords and a prompt of {MAX_PROMPT_CHARS} characters")
-    tiers = {
+    tiers: dict[int, Tier] = {
         recognizer_pb2.MODEL_TIER_UNSPECIFIED: default_tier,
         recognizer_pb2.MODEL_TIER_FAST: Tier.FAST,
         recognizer_pb2.MODEL_TIER_ACCURATE: Tier.ACCURATE,
@@ -88,7 +88,9 @@ def recognition_options(
     endpointing = Endpointing(
         silence_ms=e.silence_ms if e.HasField("silence_ms") else defaults.silence_ms,
         max_utterance_s=e.max_utterance_s if e.HasField("max_utterance_s") else defaults.max_utterance_s,
-        vad_aggressiveness=e.vad_aggressiveness if e.HasField("vad_aggressiveness") else defaults.vad_aggressiveness,
+        vad_aggressiveness=e.vad_aggressiveness
+        if e.HasField("vad_aggressiveness")
+        else defaults.vad_aggressiveness,
         min_speech_ms=e.min_speech_ms if e.HasField("min_speech_ms") else defaults.min_speech_ms,
         pre_roll_ms=defaults.pre_roll_ms,
     )
@@ -205,4 +207,3 @@ def voice(v: VoiceInfo, sample_rates_hz: tuple[int, ...]) -> synthesizer_pb2.Voi
         sample_rates_hz=list(sample_rates_hz),
         is_default=v.is_default,
     )
-

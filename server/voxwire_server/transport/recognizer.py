@@ -50,7 +50,9 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                 processing_latency_ms=(time.perf_counter() - started) * 1000,
             )
 
-    async def StreamingRecognize(
+    # grpc.aio accepts a coroutine handler that answers through context.write: the session's tasks
+    # emit from inside a TaskGroup, which an async generator cannot span.
+    async def StreamingRecognize(  # type: ignore[override]
         self, request_iterator: AsyncIterator[recognizer_pb2.StreamingRecognizeRequest], context: Context
     ) -> None:
         rid = new_request_id()
@@ -59,9 +61,8 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
             if first is None:
                 raise InvalidInput("the stream carried no messages; the first one must be config")
             if first.WhichOneof("request") != "config":
-                raise InvalidInput(
-                    f"the first message must be config, got {first.WhichOneof('request') or 'an empty message'}"
-                )
+                got = first.WhichOneof("request") or "an empty message"
+                raise InvalidInput(f"the first message must be config, got {got}")
             cfg = first.config
             if not cfg.HasField("config"):
                 raise InvalidInput("config.config (RecognitionConfig) is required")

@@ -8,8 +8,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from voxwire.v1 import cache_admin_pb2, cache_admin_pb2_grpc, recognizer_pb2, recognizer_pb2_grpc
-from voxwire.v1 import synthesizer_pb2, synthesizer_pb2_grpc
+from voxwire.v1 import (
+    cache_admin_pb2,
+    cache_admin_pb2_grpc,
+    recognizer_pb2,
+    recognizer_pb2_grpc,
+    synthesizer_pb2,
+    synthesizer_pb2_grpc,
+)
 
 from voxwire_server.config import ServerConfig
 from voxwire_server.errors import ConfigError
@@ -32,7 +38,9 @@ class GrpcServer:
     port: int
 
     async def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
@@ -55,7 +63,7 @@ def build_server(config: ServerConfig, runtime: Runtime) -> GrpcServer:
     recognizer_pb2_grpc.add_RecognizerServicer_to_server(RecognizerServicer(runtime), server)
     synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(SynthesizerServicer(runtime), server)
     cache_admin_pb2_grpc.add_CacheAdminServicer_to_server(CacheAdminServicer(runtime), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # untyped aio module
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -70,4 +70,3 @@ async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any], request_id:
         raise
     except Exception as exc:
         await abort(context, exc, request_id)
-

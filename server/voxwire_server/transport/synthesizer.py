@@ -72,4 +72,3 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             return synthesizer_pb2.ListVoicesResponse(
                 voices=[convert.voice(v, OUTPUT_SAMPLE_RATES_HZ) for v in voices]
             )
-
