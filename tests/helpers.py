@@ -1,0 +1,82 @@
+"""Shared test helpers: the speech-dev data set and word error rate."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("VOXWIRE_DATA_DIR", ROOT.parent / "shared" / "data" / "speech-dev"))
+
+_NUMBERS = {
+    "0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five",
+    "6": "six", "7": "seven", "8": "eight", "9": "nine", "10": "ten",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: str
+    path: Path
+    text: str
+    duration_s: float
+
+
+def require_data() -> Path:
+    """The speech-dev directory; skips (or fails with VOXWIRE_REQUIRE_DATA=1) when it is absent."""
+    if (DATA_DIR / "manifest.jsonl").is_file():
+        return DATA_DIR
+    reason = f"speech-dev data not found at {DATA_DIR} (set VOXWIRE_DATA_DIR)"
+    if os.environ.get("VOXWIRE_REQUIRE_DATA") == "1":
+        pytest.fail(reason + " and VOXWIRE_REQUIRE_DATA=1")
+    pytest.skip(reason)
+
+
+def speech_clips(ids: list[str]) -> list[Clip]:
+    data = require_data()
+    by_id = {}
+    for line in (data / "manifest.jsonl").read_text().splitlines():
+        item = json.loads(line)
+        by_id[item["id"]] = Clip(
+            item["id"], data / item["audio"], item.get("text_spoken") or item["text"], item["duration_s"]
+        )
+    return [by_id[i] for i in ids]
+
+
+def noise_clips() -> list[Path]:
+    data = require_data()
+    lines = (data / "noise" / "manifest.jsonl").read_text().splitlines()
+    return [data / "noise" / json.loads(line)["audio"] for line in lines]
+
+
+def normalize(text: str) -> list[str]:
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    words = [w.strip("'") for w in text.split()]
+    return [_NUMBERS.get(w, w) for w in words if w]
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(edit distance in words, reference length) after normalisation."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[len(hyp)], len(ref)
+
+
+def wer(pairs: list[tuple[str, str]]) -> float:
+    """Corpus WER over (reference, hypothesis) pairs."""
+    errors = total = 0
+    for ref, hyp in pairs:
+        e, n = word_errors(ref, hyp)
+        errors += e
+        total += n
+    return errors / max(total, 1)

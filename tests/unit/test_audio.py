@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import io
+import wave
+
+import av
+import numpy as np
+import pytest
+from voxwire_server.domain import AudioFormat, Encoding
+from voxwire_server.engines.audio import AudioEncoder, StreamDecoder, decode_clip, wav_header
+from voxwire_server.errors import InvalidInput, NotImplementedCapability
+
+
+def tone(rate: int, seconds: float, channels: int = 1) -> bytes:
+    t = np.arange(int(rate * seconds)) / rate
+    mono = (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2")
+    return np.repeat(mono, channels).tobytes()
+
+
+def wav_bytes(pcm: bytes, rate: int, channels: int = 1) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 24000, 32000, 44100, 48000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_linear16_clips_are_resampled_to_16k(rate: int, channels: int) -> None:
+    samples = decode_clip(tone(rate, 1.0, channels), AudioFormat(Encoding.LINEAR16, rate, channels))
+    assert abs(samples.size - 16000) <= 16
+    assert samples.dtype == np.float32
+    assert 0.2 < float(np.abs(samples).max()) < 0.3
+
+
+def test_wav_clip_and_format_mismatches() -> None:
+    data = wav_bytes(tone(24000, 0.5), 24000)
+    assert abs(decode_clip(data, AudioFormat(Encoding.WAV)).size - 8000) <= 16
+    with pytest.raises(InvalidInput, match="does not match"):
+        decode_clip(data, AudioFormat(Encoding.WAV, sample_rate_hz=16000))
+    with pytest.raises(InvalidInput, match="declared as FLAC is a wav container"):
+        decode_clip(data, AudioFormat(Encoding.FLAC))
+
+
+@pytest.mark.parametrize("encoding", [Encoding.WAV, Encoding.FLAC, Encoding.OGG_OPUS])
+def test_garbage_is_invalid_input(encoding: Encoding) -> None:
+    with pytest.raises(InvalidInput, match=f"declared as {encoding.name}"):
+        decode_clip(bytes(range(256)) * 40, AudioFormat(encoding))
+
+
+def test_unsupported_rate_and_ragged_pcm() -> None:
+    with pytest.raises(InvalidInput, match="unsupported sample_rate_hz 11025"):
+        decode_clip(tone(11025, 0.1), AudioFormat(Encoding.LINEAR16, 11025))
+    with pytest.raises(InvalidInput, match="whole number"):
+        decode_clip(b"\x00" * 3, AudioFormat(Encoding.LINEAR16, 16000))
+
+
+def test_stream_decoder_reads_a_wav_header_split_across_chunks() -> None:
+    data = wav_bytes(tone(48000, 1.0, 2), 48000, 2)
+    decoder = StreamDecoder(AudioFormat(Encoding.WAV))
+    total = sum(decoder.feed(data[i : i + 7]).size for i in range(0, len(data), 7))
+    total += decoder.finish().size
+    assert (decoder.sample_rate_hz, decoder.channels) == (48000, 2)
+    assert abs(total - 16000) <= 16
+
+
+def test_stream_decoder_rejects_bad_streams() -> None:
+    with pytest.raises(InvalidInput, match="RIFF"):
+        StreamDecoder(AudioFormat(Encoding.WAV)).feed(b"garbage bytes that are not a wav file")
+    decoder = StreamDecoder(AudioFormat(Encoding.LINEAR16, 16000))
+    decoder.feed(b"\x01\x02\x03")
+    with pytest.raises(InvalidInput, match="middle of a sample"):
+        decoder.finish()
+    with pytest.raises(InvalidInput, match="complete WAV header"):
+        StreamDecoder(AudioFormat(Encoding.WAV)).finish()
+    with pytest.raises(NotImplementedCapability, match="streaming FLAC"):
+        StreamDecoder(AudioFormat(Encoding.FLAC))
+    eight_bit = wav_bytes(b"", 16000).replace(b"\x10\x00data", b"\x08\x00data")
+    with pytest.raises(InvalidInput, match="16-bit PCM"):
+        StreamDecoder(AudioFormat(Encoding.WAV)).feed(eight_bit)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate"),
+    [
+        (Encoding.LINEAR16, 8000),
+        (Encoding.WAV, 22050),
+        (Encoding.OGG_OPUS, 48000),
+        (Encoding.OGG_OPUS, 16000),
+    ],
+)
+def test_encoder_output_decodes_to_the_right_rate_and_duration(encoding: Encoding, rate: int) -> None:
+    audio = (np.sin(np.arange(24000 * 2) / 7) * 0.3).astype(np.float32)  # 2 s at 24 kHz
+    encoder = AudioEncoder(encoding, 24000, rate)
+    data = encoder.encode(audio[:30000]) + encoder.encode(audio[30000:]) + encoder.finish()
+    assert abs(encoder.samples_out - 2 * rate) <= rate // 100
+    if encoding is Encoding.LINEAR16:
+        assert len(data) == 2 * encoder.samples_out
+        return
+    if encoding is Encoding.WAV:
+        data = wav_header(rate, 1, len(data)) + data
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        decoded_rate = stream.codec_context.sample_rate
+        samples = sum(frame.samples for frame in container.decode(stream))
+    # Opus decoders always run at 48 kHz; the encoded rate shows in the duration only.
+    if encoding is not Encoding.OGG_OPUS:
+        assert decoded_rate == rate
+    assert abs(samples / decoded_rate - 2.0) < 0.03
+
+
+def test_opus_refuses_rates_it_cannot_carry() -> None:
+    with pytest.raises(InvalidInput, match="OGG_OPUS output supports"):
+        AudioEncoder(Encoding.OGG_OPUS, 24000, 22050)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+from voxwire_server.config import ServerConfig, load_config
+from voxwire_server.errors import ConfigError
+
+
+def test_defaults_are_valid() -> None:
+    config = load_config([], environ={})
+    assert config == ServerConfig()
+    assert config.listen == "127.0.0.1:50051"
+
+
+def test_flags_win_over_environment() -> None:
+    env = {"VOXWIRE_LISTEN": "0.0.0.0:6000", "VOXWIRE_SILENCE_MS": "800"}
+    config = load_config(["--listen", "127.0.0.1:7000"], environ=env)
+    assert config.listen == "127.0.0.1:7000"
+    assert config.silence_ms == 800
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--listen", "nowhere"], "listen must be HOST:PORT"),
+        (["--silence-ms", "abc"], "silence_ms: expected int"),
+        (["--vad-aggressiveness", "5"], "vad_aggressiveness must be 0..3"),
+        (["--max-utterance-s", "45"], "at most 30"),
+        (["--asr-model", "/does/not/exist"], "not a CTranslate2 model directory"),
+        (["--asr-default-tier", "huge"], "fast or accurate"),
+        (["--max-streams", "0"], "max_streams must be positive"),
+    ],
+)
+def test_bad_values_raise_config_error(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(argv, environ={})
+
+
+def test_bad_environment_value_is_reported_by_name() -> None:
+    with pytest.raises(ConfigError, match="max_clip_s"):
+        load_config([], environ={"VOXWIRE_MAX_CLIP_S": "ten"})

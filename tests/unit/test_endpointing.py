@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from voxwire_server.domain import Endpointing
+from voxwire_server.sessions.endpointing import Endpointer, SpeechStarted, UtteranceEnded
+
+RATE = 16000
+
+
+class EnergyVad:
+    """A stand-in VAD for pattern tests: loud frames are speech."""
+
+    frame_ms = 30
+
+    def is_speech(self, frame: npt.NDArray[np.int16]) -> bool:
+        return bool(np.abs(frame).mean() > 1000)
+
+
+def pattern(*parts: tuple[str, float]) -> npt.NDArray[np.int16]:
+    out = []
+    for kind, seconds in parts:
+        n = int(RATE * seconds)
+        level = 5000 if kind == "speech" else 0
+        out.append(np.full(n, level, np.int16) * np.where(np.arange(n) % 2, 1, -1).astype(np.int16))
+    return np.concatenate(out)
+
+
+def run(endpointer: Endpointer, audio: npt.NDArray[np.int16], chunk: int = 1600) -> list[object]:
+    events: list[object] = []
+    for i in range(0, audio.size, chunk):
+        events.extend(endpointer.push(audio[i : i + chunk]))
+    events.extend(endpointer.flush())
+    return events
+
+
+def test_two_utterances_with_offsets_and_pre_roll() -> None:
+    audio = pattern(("silence", 1.0), ("speech", 1.0), ("silence", 1.0), ("speech", 0.5), ("silence", 1.0))
+    events = run(
+        Endpointer(EnergyVad(), Endpointing(silence_ms=600, min_speech_ms=90, pre_roll_ms=300)), audio
+    )
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["SpeechStarted", "UtteranceEnded", "SpeechStarted", "UtteranceEnded"]
+    first_start, first_end = events[0], events[1]
+    assert isinstance(first_start, SpeechStarted) and isinstance(first_end, UtteranceEnded)
+    assert abs(first_start.speech_start - RATE) <= 480  # within a frame of the true onset
+    assert first_end.audio_start <= RATE - int(0.25 * RATE)  # pre-roll kept before the onset
+    assert abs(first_end.speech_end - 2 * RATE) <= 480
+    assert not first_end.forced
+    assert [e.utterance_index for e in events] == [0, 0, 1, 1]  # type: ignore[attr-defined]
+    second = events[3]
+    assert isinstance(second, UtteranceEnded)
+    assert abs(second.speech_end - int(3.5 * RATE)) <= 480
+
+
+def test_short_blips_do_not_start_speech() -> None:
+    audio = pattern(("silence", 0.5), ("speech", 0.03), ("silence", 1.0))
+    assert run(Endpointer(EnergyVad(), Endpointing(min_speech_ms=90)), audio) == []
+
+
+def test_max_utterance_cuts_long_speech() -> None:
+    audio = pattern(("speech", 3.5), ("silence", 1.0))
+    events = run(Endpointer(EnergyVad(), Endpointing(max_utterance_s=1.5)), audio)
+    ended = [e for e in events if isinstance(e, UtteranceEnded)]
+    assert len(ended) >= 2
+    assert ended[0].forced
+    assert ended[0].audio.size <= int(1.5 * RATE) + 480
+    # Nothing is lost across the cut: the pieces cover the speech.
+    assert sum(e.audio.size for e in ended) >= int(3.4 * RATE)
+
+
+def test_end_of_audio_closes_the_open_utterance() -> None:
+    audio = pattern(("silence", 0.3), ("speech", 1.0))
+    events = run(Endpointer(EnergyVad(), Endpointing()), audio, chunk=333)
+    assert isinstance(events[-1], UtteranceEnded)
+    assert events[-1].audio_start + events[-1].audio.size == audio.size

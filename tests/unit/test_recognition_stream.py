@@ -1,0 +1,187 @@
+"""RecognitionStream with a scripted recognizer: ordering, limits, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from voxwire_server.domain import (
+    Alternative,
+    AudioChunk,
+    AudioFormat,
+    DecodeOptions,
+    Encoding,
+    EndOfAudio,
+    RecognitionOptions,
+    Result,
+    Segment,
+    SpeechEvent,
+    SpeechEventType,
+    StreamInput,
+    StreamStart,
+    StreamUpdate,
+)
+from voxwire_server.errors import InvalidInput, NotImplementedCapability, StreamAbandoned
+from voxwire_server.sessions.recognition import RecognitionLimits, RecognitionStream
+
+from tests.unit.test_endpointing import EnergyVad, pattern
+
+
+class ScriptedRecognizer:
+    """Answers "utterance N"; can be held to test cancellation."""
+
+    model_name = "scripted"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.finished = 0
+        self.gate: asyncio.Event | None = None
+
+    def check_language(self, language: str) -> str:
+        if language != "en":
+            raise InvalidInput(f"language {language!r} is not supported")
+        return language
+
+    async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        self.finished += 1
+        text = f"{audio.size / 16000:.1f} seconds"
+        return [Segment((Alternative(text, 0.9),), 0.0, audio.size / 16000)]
+
+    def close(self) -> None:
+        pass
+
+
+def options(**kw: object) -> RecognitionOptions:
+    return RecognitionOptions(audio=AudioFormat(Encoding.LINEAR16, 16000, 1), **kw)  # type: ignore[arg-type]
+
+
+async def feed(
+    audio: npt.NDArray[np.int16], end: bool = True, chunk: int = 1600
+) -> AsyncIterator[StreamInput]:
+    data = audio.astype("<i2").tobytes()
+    for i in range(0, len(data), chunk * 2):
+        yield AudioChunk(data[i : i + chunk * 2])
+        # Hand the loop over between chunks, as a live client's network reads do.
+        await asyncio.sleep(0)
+    if end:
+        yield EndOfAudio()
+
+
+async def run_stream(
+    audio: npt.NDArray[np.int16], opts: RecognitionOptions, recognizer: ScriptedRecognizer, end: bool = True
+) -> list[StreamUpdate]:
+    updates: list[StreamUpdate] = []
+
+    async def emit(update: StreamUpdate) -> None:
+        updates.append(update)
+
+    stream = RecognitionStream(
+        StreamStart(opts), recognizer, lambda a: EnergyVad(), RecognitionLimits(), emit
+    )
+    await stream.run(feed(audio, end))
+    return updates
+
+
+TWO_UTTERANCES = pattern(
+    ("silence", 0.5), ("speech", 1.0), ("silence", 1.0), ("speech", 1.0), ("silence", 0.2)
+)
+
+
+async def test_events_and_finals_come_in_order() -> None:
+    updates = await run_stream(TWO_UTTERANCES, options(), ScriptedRecognizer())
+    kinds = [u.payload.type if isinstance(u.payload, SpeechEvent) else "final" for u in updates]
+    assert kinds == [
+        SpeechEventType.SPEECH_STARTED,
+        SpeechEventType.END_OF_UTTERANCE,
+        "final",
+        SpeechEventType.SPEECH_STARTED,
+        SpeechEventType.END_OF_UTTERANCE,
+        "final",
+    ]
+    finals = [u for u in updates if isinstance(u.payload, Result)]
+    assert [f.payload.utterance_index for f in finals] == [0, 1]  # type: ignore[union-attr]
+    # The committed offset grows with each final and never goes back.
+    assert 0 < finals[0].committed_offset_ms < finals[1].committed_offset_ms
+    assert all(u.committed_offset_ms <= finals[1].committed_offset_ms for u in updates)
+
+
+async def test_single_utterance_ends_after_the_first() -> None:
+    recognizer = ScriptedRecognizer()
+    updates = await run_stream(TWO_UTTERANCES, options(single_utterance=True), recognizer)
+    events = [u.payload.type for u in updates if isinstance(u.payload, SpeechEvent)]
+    assert events == [SpeechEventType.SPEECH_STARTED, SpeechEventType.END_OF_SINGLE_UTTERANCE]
+    assert sum(isinstance(u.payload, Result) for u in updates) == 1
+    assert recognizer.calls == 1
+
+
+async def test_closing_without_end_of_audio_abandons_the_stream() -> None:
+    recognizer = ScriptedRecognizer()
+    audio = pattern(("silence", 0.3), ("speech", 1.0))
+    with pytest.raises(ExceptionGroup) as info:
+        await run_stream(audio, options(), recognizer, end=False)
+    assert info.group_contains(StreamAbandoned)
+    assert recognizer.calls == 0  # the unfinished utterance was not decoded
+
+
+async def test_oversized_chunks_are_rejected() -> None:
+    audio = pattern(("speech", 1.5))
+
+    async def one_big_chunk() -> AsyncIterator[StreamInput]:
+        yield AudioChunk(audio.astype("<i2").tobytes())
+        yield EndOfAudio()
+
+    stream = RecognitionStream(
+        StreamStart(options()), ScriptedRecognizer(), lambda a: EnergyVad(), RecognitionLimits(), _ignore
+    )
+    with pytest.raises(ExceptionGroup) as info:
+        await stream.run(one_big_chunk())
+    assert info.group_contains(InvalidInput, match="over the 1000 ms limit")
+
+
+async def _ignore(update: StreamUpdate) -> None:
+    pass
+
+
+def test_resume_tokens_are_not_faked() -> None:
+    with pytest.raises(NotImplementedCapability, match="stream resumption"):
+        RecognitionStream(
+            StreamStart(options(), resume_token=b"x"),
+            ScriptedRecognizer(),
+            lambda a: EnergyVad(),
+            RecognitionLimits(),
+            _ignore,
+        )
+
+
+async def test_cancelling_the_stream_cancels_its_decode() -> None:
+    recognizer = ScriptedRecognizer()
+    recognizer.gate = asyncio.Event()
+    task = asyncio.create_task(run_stream(TWO_UTTERANCES, options(), recognizer))
+    while recognizer.calls == 0:
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    recognizer.gate.set()
+    await asyncio.sleep(0)
+    assert recognizer.finished == 0
+
+
+async def test_partials_never_follow_their_final() -> None:
+    audio = pattern(("silence", 0.3), ("speech", 3.0), ("silence", 1.0), ("speech", 2.0), ("silence", 1.0))
+    updates = await run_stream(audio, options(interim_results=True), ScriptedRecognizer())
+    results = [u.payload for u in updates if isinstance(u.payload, Result)]
+    assert any(not r.is_final for r in results)
+    final_seen: set[int] = set()
+    for r in results:
+        if r.is_final:
+            final_seen.add(r.utterance_index)
+        else:
+            assert r.utterance_index not in final_seen
+            assert r.stability == 0.0
