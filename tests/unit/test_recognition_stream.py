@@ -39,6 +39,7 @@ class ScriptedRecognizer:
         self.calls = 0
         self.finished = 0
         self.gate: asyncio.Event | None = None
+        self.started = asyncio.Event()
 
     def check_language(self, language: str) -> str:
         if language != "en":
@@ -47,6 +48,7 @@ class ScriptedRecognizer:
 
     async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
         self.calls += 1
+        self.started.set()
         if self.gate is not None:
             await self.gate.wait()
         self.finished += 1
@@ -163,8 +165,7 @@ async def test_cancelling_the_stream_cancels_its_decode() -> None:
     recognizer = ScriptedRecognizer()
     recognizer.gate = asyncio.Event()
     task = asyncio.create_task(run_stream(TWO_UTTERANCES, options(), recognizer))
-    while recognizer.calls == 0:
-        await asyncio.sleep(0)
+    await recognizer.started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
