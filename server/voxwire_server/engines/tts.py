@@ -72,7 +72,8 @@ class HibariSynthesizer:
     async def plan(self, voice: str, text: str) -> list[str]:
         tts = self._voices[voice]
         units: list[str] = await asyncio.wrap_future(self._worker.submit(tts.phonemize, text))
-        return units
+        # A unit of punctuation alone ("?!", "...") has no sound to make.
+        return [u for u in units if any(c.isalpha() for c in u)]
 
     async def render(self, voice: str, unit: str, speaking_rate: float) -> npt.NDArray[np.float32]:
         tts = self._voices[voice]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from voxwire_server import errors
 
@@ -51,10 +54,22 @@ def _first_domain_error(group: BaseExceptionGroup[Any]) -> BaseException:
     return leaves[0] if leaves else group
 
 
+def retry_trailer(message: str, retry_after_s: float) -> tuple[tuple[str, bytes], ...]:
+    """RESOURCE_EXHAUSTED as a google.rpc.Status with RetryInfo, in the grpc-status-details-bin trailer."""
+    delay = duration_pb2.Duration()
+    delay.FromTimedelta(datetime.timedelta(seconds=retry_after_s))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, request_id: str) -> NoReturn:
     if isinstance(exc, BaseExceptionGroup):
         exc = _first_domain_error(exc)
     code, message = status_for(exc, request_id)
+    if isinstance(exc, errors.OverCapacity):
+        await context.abort(code, message, retry_trailer(message, exc.retry_after_s))
     await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")
 
