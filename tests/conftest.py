@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
 from voxwire_server.app import App
 from voxwire_server.config import ServerConfig
 

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from voxwire.v1 import common_pb2, recognizer_pb2, recognizer_pb2_grpc
 
 from tests.conftest import RunningServer
 from tests.helpers import speech_clips, wer
@@ -20,6 +19,7 @@ from voxwire import (
     RecognitionConfig,
     UnimplementedError,
 )
+from voxwire.v1 import common_pb2, recognizer_pb2, recognizer_pb2_grpc
 
 
 @pytest.fixture(scope="module")

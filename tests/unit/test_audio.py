@@ -6,6 +6,7 @@ import wave
 import av
 import numpy as np
 import pytest
+
 from voxwire_server.domain import AudioFormat, Encoding
 from voxwire_server.engines.audio import AudioEncoder, StreamDecoder, decode_clip, wav_header
 from voxwire_server.errors import InvalidInput, NotImplementedCapability

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from voxwire_server.config import ServerConfig, load_config
 from voxwire_server.errors import ConfigError
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+
 from voxwire_server.domain import Endpointing
 from voxwire_server.sessions.endpointing import Endpointer, SpeechStarted, UtteranceEnded
 

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 import numpy as np
 import numpy.typing as npt
 import pytest
+
+from tests.unit.test_endpointing import EnergyVad, pattern
 from voxwire_server.domain import (
     Alternative,
     AudioChunk,
@@ -26,8 +28,6 @@ from voxwire_server.domain import (
 )
 from voxwire_server.errors import InvalidInput, NotImplementedCapability, StreamAbandoned
 from voxwire_server.sessions.recognition import RecognitionLimits, RecognitionStream
-
-from tests.unit.test_endpointing import EnergyVad, pattern
 
 
 class ScriptedRecognizer:

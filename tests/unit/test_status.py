@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from voxwire_server import errors
 from voxwire_server.transport.status import _first_domain_error, status_for
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from voxwire.v1 import cache_admin_pb2, cache_admin_pb2_grpc
 
+from voxwire.v1 import cache_admin_pb2, cache_admin_pb2_grpc
 from voxwire_server import __version__
 from voxwire_server.errors import NotImplementedCapability
 from voxwire_server.logcontext import new_request_id

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from voxwire.v1 import common_pb2, recognizer_pb2, synthesizer_pb2
-
 from voxwire_server.domain import (
     AudioFormat,
     CachePolicy,

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from voxwire.v1 import recognizer_pb2, recognizer_pb2_grpc
 
+from voxwire.v1 import recognizer_pb2, recognizer_pb2_grpc
 from voxwire_server.domain import AudioChunk, EndOfAudio, Result, StreamInput, StreamStart, StreamUpdate
 from voxwire_server.errors import InvalidInput
 from voxwire_server.logcontext import new_request_id

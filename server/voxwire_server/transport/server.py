@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from voxwire.v1 import (
     cache_admin_pb2,
     cache_admin_pb2_grpc,
@@ -16,7 +17,6 @@ from voxwire.v1 import (
     synthesizer_pb2,
     synthesizer_pb2_grpc,
 )
-
 from voxwire_server.config import ServerConfig
 from voxwire_server.errors import ConfigError
 from voxwire_server.sessions.runtime import Runtime

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from voxwire.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 
+from voxwire.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 from voxwire_server.config import OUTPUT_SAMPLE_RATES_HZ
 from voxwire_server.logcontext import new_request_id
 from voxwire_server.sessions.runtime import Runtime
