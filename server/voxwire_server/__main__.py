@@ -19,6 +19,8 @@ def _configure_logging(level: str) -> None:
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # faster-whisper logs every decode at INFO; keep the server's own log readable.
+    logging.getLogger("faster_whisper").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 
 
 async def _serve(config: ServerConfig) -> None:

@@ -78,7 +78,11 @@ class App:
         log.info("listening on port %d; loading models", self._grpc.port)
         if self.config.metrics_listen:
             self._start_metrics()
-        self._engines = await asyncio.to_thread(_load_engines, self.config)
+        try:
+            self._engines = await asyncio.to_thread(_load_engines, self.config)
+        except BaseException:
+            await self._grpc.server.stop(0)
+            raise
         self.runtime.set_engines(*self._engines)
         await self._grpc.set_serving(True)
         log.info("serving (%s, %s)", self._engines[0].model_name, self._engines[1].model_name)

@@ -156,14 +156,13 @@ class RecognitionStream:
             assert isinstance(item, AudioChunk)
             if not item.data:
                 raise InvalidInput("an audio message carried no bytes")
-            samples = self._decoder.feed(item.data)
             chunk_ms = self._decoder.chunk_duration_ms(len(item.data))
             if chunk_ms > self._limits.max_chunk_ms:
                 raise InvalidInput(
                     f"audio chunk of {chunk_ms:.0f} ms is over the {self._limits.max_chunk_ms} ms limit; "
                     "send smaller chunks"
                 )
-            await self._queue.put(samples)
+            await self._queue.put(self._decoder.feed(item.data))
         raise StreamAbandoned(
             "the request stream closed without end_of_audio; the unfinished utterance was discarded"
         )
