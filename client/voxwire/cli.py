@@ -1,0 +1,330 @@
+"""The ``voxwire`` command: transcribe, stream, synthesize and inspect a voxwire server.
+
+Exit status: 0 on success; 1 when the server is unreachable or unavailable (UNAVAILABLE), or
+``health`` finds it not serving; 2 for usage errors, unreadable files and every other RPC error
+(printed as ``voxwire: error: CODE: details``); 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from voxwire import __version__
+from voxwire.audio import finalize_streamed_wav
+from voxwire.errors import UnavailableError, VoxwireError
+from voxwire.sync import Client
+from voxwire.types import (
+    AudioEncoding,
+    Endpointing,
+    ModelTier,
+    RecognitionConfig,
+    SpeechEventType,
+    StreamUpdate,
+)
+
+__all__ = ["main"]
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+_EVENT_LABELS = {
+    SpeechEventType.SPEECH_STARTED: "speech started",
+    SpeechEventType.END_OF_UTTERANCE: "end of utterance",
+    SpeechEventType.END_OF_SINGLE_UTTERANCE: "end of single utterance",
+    SpeechEventType.UNSPECIFIED: "speech event",
+}
+
+Handler = Callable[[Client, argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = _parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        with Client(args.server, timeout_s=args.timeout) as client:
+            return handler(client, args)
+    except UnavailableError as exc:
+        _error(f"{exc.code}: {exc.details or 'server unavailable'} (server {args.server})")
+        return 1
+    except VoxwireError as exc:
+        _error(f"{exc.code}: {exc.details}")
+        return 2
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, without a traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except FileNotFoundError as exc:
+        _error(f"no such file: {exc.filename}")
+        return 2
+    except (OSError, ValueError) as exc:
+        _error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _error(message: str) -> None:
+    print(f"voxwire: error: {message}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxwire", description="Client of a voxwire speech server.")
+    parser.add_argument("--version", action="version", version=f"voxwire {__version__}")
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("VOXWIRE_SERVER") or DEFAULT_SERVER,
+        metavar="HOST:PORT",
+        help=f"server address (default: $VOXWIRE_SERVER or {DEFAULT_SERVER})",
+    )
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline of each unary call")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("transcribe", help="transcribe a whole audio file")
+    _add_recognition_args(p)
+    p.add_argument("--words", action="store_true", help="also print word timings")
+    p.add_argument("--prompt", default="", help="text that conditions the decoder")
+    p.add_argument("--hotword", action="extend", nargs="+", default=[], metavar="W", help="words to favour")
+    p.set_defaults(handler=_transcribe)
+
+    p = commands.add_parser("stream", help="stream an audio file and print results as they come")
+    _add_recognition_args(p)
+    p.add_argument("--realtime", action="store_true", help="send audio no faster than real time")
+    p.add_argument("--interim", action="store_true", help="ask for partial results")
+    p.add_argument("--chunk-ms", type=int, default=100, help="audio per message (default 100)")
+    p.add_argument("--single-utterance", action="store_true", help="stop after the first utterance")
+    p.add_argument("--silence-ms", type=int, help="trailing silence that ends an utterance")
+    p.set_defaults(handler=_stream)
+
+    p = commands.add_parser("say", help="synthesize speech to a file")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write")
+    p.add_argument("--ssml", action="store_true", help="TEXT is SSML")
+    p.add_argument("--voice", default="", help="voice name (default: the server's)")
+    p.add_argument("--rate", type=float, default=1.0, help="speaking rate, 0.5 to 2.0")
+    p.add_argument("--sample-rate", type=int, default=0, metavar="HZ", help="output rate (default: native)")
+    p.add_argument("--encoding", choices=["wav", "linear16", "ogg_opus"], default="wav")
+    p.add_argument("--stream", action="store_true", help="use the streaming RPC")
+    p.set_defaults(handler=_say)
+
+    p = commands.add_parser("voices", help="list the voices")
+    p.add_argument("--language", default="", help="language prefix, e.g. en-GB")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_voices)
+
+    p = commands.add_parser("stats", help="print cache and request counters")
+    p.add_argument("--tenant", default="", help="one tenant's counters")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_stats)
+
+    p = commands.add_parser("health", help="print the health status (exit 0 when SERVING)")
+    p.add_argument("--service", default="", help="a service name; default: the whole server")
+    p.set_defaults(handler=_health)
+    return parser
+
+
+def _add_recognition_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help=".wav (16-bit), .flac, .ogg/.opus or .raw/.pcm")
+    p.add_argument("--tier", choices=["fast", "accurate"], help="model tier (default: the server's)")
+    p.add_argument("--language", default="en", help="BCP-47 language (default en)")
+    p.add_argument("--sample-rate", type=int, metavar="HZ", help="sample rate of a raw PCM file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _recognition_config(args: argparse.Namespace, **extra: Any) -> RecognitionConfig:
+    return RecognitionConfig(
+        sample_rate_hz=args.sample_rate,
+        language=args.language,
+        model_tier=ModelTier(args.tier) if args.tier else ModelTier.DEFAULT,
+        **extra,
+    )
+
+
+def _transcribe(client: Client, args: argparse.Namespace) -> int:
+    config = _recognition_config(
+        args, word_timestamps=args.words, prompt=args.prompt, hotwords=tuple(args.hotword)
+    )
+    transcript = client.recognize(_existing(args.file), config)
+    if args.json:
+        body = {
+            "text": transcript.text,
+            "audio_duration_ms": transcript.audio_duration_ms,
+            "processing_latency_ms": transcript.processing_latency_ms,
+            "results": [dataclasses.asdict(r) for r in transcript.results],
+        }
+        print(json.dumps(body, ensure_ascii=False))
+        return 0
+    print(transcript.text)
+    if args.words:
+        for result in transcript.results:
+            for word in result.alternatives[0].words if result.is_final and result.alternatives else ():
+                print(f"  {word.start_ms / 1000:7.2f}-{word.end_ms / 1000:.2f}s  {word.word.strip()}")
+    return 0
+
+
+def _stream(client: Client, args: argparse.Namespace) -> int:
+    endpointing = Endpointing(silence_ms=args.silence_ms) if args.silence_ms is not None else None
+    config = _recognition_config(
+        args, interim_results=args.interim, single_utterance=args.single_utterance, endpointing=endpointing
+    )
+    updates = client.stream(_existing(args.file), config, chunk_ms=args.chunk_ms, realtime=args.realtime)
+    printer = _StreamPrinter(sys.stdout, in_place=sys.stdout.isatty(), as_json=args.json)
+    try:
+        for update in updates:
+            printer.show(update)
+    finally:
+        printer.finish()
+    return 0
+
+
+class _StreamPrinter:
+    """Prints stream updates; on a terminal a partial result is rewritten in place until its final."""
+
+    def __init__(self, out: TextIO, *, in_place: bool, as_json: bool) -> None:
+        self._out = out
+        self._in_place = in_place
+        self._as_json = as_json
+        self._partial_shown = False
+
+    def show(self, update: StreamUpdate) -> None:
+        if self._as_json:
+            self._line(json.dumps(_update_json(update), ensure_ascii=False))
+            return
+        result, event = update.result, update.speech_event
+        if result is not None and not result.is_final:
+            text = f"[partial] {result.transcript.strip()}"
+            if self._in_place:
+                self._out.write(f"\r\x1b[K{text}")
+                self._out.flush()
+                self._partial_shown = True
+            else:
+                self._line(text)
+        elif result is not None:
+            start, end = result.audio_start_ms / 1000, result.audio_end_ms / 1000
+            self._line(f"[final  {start:.2f}-{end:.2f}s] {result.transcript.strip()}")
+        elif event is not None:
+            self._line(f"[{_EVENT_LABELS[event.type]} {event.audio_offset_ms / 1000:.2f}s]")
+
+    def finish(self) -> None:
+        if self._partial_shown:
+            self._out.write("\n")
+            self._partial_shown = False
+        self._out.flush()
+
+    def _line(self, text: str) -> None:
+        if self._partial_shown:
+            self._out.write("\r\x1b[K")
+            self._partial_shown = False
+        self._out.write(text + "\n")
+        self._out.flush()
+
+
+def _update_json(update: StreamUpdate) -> dict[str, Any]:
+    body = dataclasses.asdict(update)
+    body["resume_token"] = base64.b64encode(update.resume_token).decode("ascii")
+    if update.result is not None:
+        body["result"]["transcript"] = update.result.transcript
+    return body
+
+
+def _say(client: Client, args: argparse.Namespace) -> int:
+    encoding = AudioEncoding(args.encoding)
+    text_args: dict[str, Any] = {"ssml": args.text} if args.ssml else {"text": args.text}
+    options: dict[str, Any] = {
+        "voice": args.voice,
+        "speaking_rate": args.rate,
+        "encoding": encoding,
+        "sample_rate_hz": args.sample_rate,
+    }
+    out = Path(args.output)
+    started = time.monotonic()
+    if args.stream:
+        first_s: float | None = None
+        parts: list[bytes] = []
+        duration_ms, rate_hz, cache = 0, 0, "none"
+        for chunk in client.synthesize_stream(**text_args, **options):
+            if first_s is None:
+                first_s = time.monotonic() - started
+                cache = chunk.cache_status.value
+            parts.append(chunk.audio)
+            duration_ms, rate_hz = chunk.audio_offset_ms + chunk.audio_duration_ms, chunk.sample_rate_hz
+        data = b"".join(parts)
+        out.write_bytes(finalize_streamed_wav(data) if encoding is AudioEncoding.WAV else data)
+        first = f"{first_s:.2f}" if first_s is not None else "-"
+        print(
+            f"wrote {out}: {duration_ms / 1000:.2f} s of audio at {rate_hz} Hz, {encoding.value}, "
+            f"{len(parts)} chunks, first after {first} s, cache {cache}",
+            file=sys.stderr,
+        )
+        return 0
+    result = client.synthesize(**text_args, **options)
+    out.write_bytes(result.audio)
+    print(
+        f"wrote {out}: {result.audio_duration_ms / 1000:.2f} s of audio at {result.sample_rate_hz} Hz, "
+        f"{result.encoding.value}, voice {result.voice or '-'}, cache {result.cache_status.value}, "
+        f"took {time.monotonic() - started:.2f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _voices(client: Client, args: argparse.Namespace) -> int:
+    voices = client.list_voices(args.language)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(v) for v in voices], ensure_ascii=False))
+        return 0
+    rows = [
+        (
+            v.name,
+            v.language,
+            v.accent or "-",
+            v.gender or "-",
+            f"{v.native_sample_rate_hz} Hz",
+            "default" * v.is_default,
+        )
+        for v in voices
+    ]
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(6)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _stats(client: Client, args: argparse.Namespace) -> int:
+    stats = client.stats(args.tenant)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(stats), ensure_ascii=False))
+        return 0
+    print(f"server version      {stats.server_version}")
+    print(f"asr model           {stats.asr_model}")
+    print(f"tts model           {stats.tts_model}")
+    print(f"uptime              {stats.uptime_s:.0f} s")
+    print(f"active streams      {stats.active_streams}")
+    print(f"recognize requests  {stats.recognize_requests}")
+    print(f"streaming requests  {stats.streaming_requests}")
+    print(f"synthesize requests {stats.synthesize_requests}")
+    if stats.tiers:
+        print(f"{'tier':<16} {'entries':>9} {'hits':>9} {'misses':>9} {'hit %':>6} {'bytes':>12}")
+        for t in stats.tiers:
+            ratio = f"{100 * t.hit_ratio:.1f}" if t.hit_ratio is not None else "-"
+            print(f"{t.tier:<16} {t.entries:>9} {t.hits:>9} {t.misses:>9} {ratio:>6} {t.size_bytes:>12}")
+    return 0
+
+
+def _health(client: Client, args: argparse.Namespace) -> int:
+    status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def _existing(path: str) -> str:
+    if not Path(path).is_file():
+        raise FileNotFoundError(2, "No such file", path)
+    return path

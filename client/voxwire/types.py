@@ -1,0 +1,307 @@
+"""The values the client API takes and returns: frozen dataclasses and string enums, no protobuf.
+
+Times are in milliseconds (``*_ms``) or seconds (``*_s``), rates in hertz (``*_hz``). Enum values
+are lower-case strings, so ``json.dumps(dataclasses.asdict(result))`` works.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "Alternative",
+    "AudioEncoding",
+    "CachePolicy",
+    "CacheStatus",
+    "CacheTierStats",
+    "Endpointing",
+    "ModelTier",
+    "RecognitionConfig",
+    "RecognitionResult",
+    "ServerStats",
+    "SpeechEvent",
+    "SpeechEventType",
+    "StreamUpdate",
+    "SynthesisCacheStatus",
+    "SynthesisChunk",
+    "SynthesisResult",
+    "Transcript",
+    "Voice",
+    "Word",
+]
+
+
+class AudioEncoding(enum.StrEnum):
+    """Audio format of input (recognition) or output (synthesis) audio."""
+
+    LINEAR16 = "linear16"
+    """Raw little-endian signed 16-bit PCM, channels interleaved."""
+    WAV = "wav"
+    FLAC = "flac"
+    OGG_OPUS = "ogg_opus"
+
+
+class ModelTier(enum.StrEnum):
+    """Which recognition model tier to use."""
+
+    DEFAULT = "default"
+    """The server's default tier."""
+    FAST = "fast"
+    """Low latency (greedy decoding)."""
+    ACCURATE = "accurate"
+    """Higher accuracy (beam search or a larger model)."""
+
+
+class CachePolicy(enum.StrEnum):
+    """What the server may do with its caches for a request."""
+
+    USE = "use"
+    """Look up and store."""
+    BYPASS = "bypass"
+    """Neither look up nor store."""
+    DO_NOT_STORE = "do_not_store"
+    """Look up, but store nothing derived from this request."""
+
+
+class CacheStatus(enum.StrEnum):
+    """Which recognition cache tier answered a result."""
+
+    NONE = "none"
+    """No cache was consulted."""
+    MISS = "miss"
+    EXACT = "exact"
+    FUZZY = "fuzzy"
+    COMPONENT = "component"
+    NEGATIVE = "negative"
+    CORRECTION = "correction"
+
+
+class SynthesisCacheStatus(enum.StrEnum):
+    """How the synthesis cache took part in producing audio."""
+
+    NONE = "none"
+    """No cache was consulted."""
+    MISS = "miss"
+    HIT = "hit"
+    STITCHED = "stitched"
+    """A cached template prefix spliced with freshly synthesized entities."""
+
+
+class SpeechEventType(enum.StrEnum):
+    """Kinds of :class:`SpeechEvent`."""
+
+    UNSPECIFIED = "unspecified"
+    SPEECH_STARTED = "speech_started"
+    END_OF_UTTERANCE = "end_of_utterance"
+    END_OF_SINGLE_UTTERANCE = "end_of_single_utterance"
+    """Sent once in single-utterance mode; the server then ends the stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpointing:
+    """How the server decides that an utterance ended. None leaves a field at the server default."""
+
+    silence_ms: int | None = None
+    """Trailing silence that ends an utterance (server default 600 ms)."""
+    max_utterance_s: float | None = None
+    """An utterance is cut after this long (server default 15 s, at most 30 s)."""
+    vad_aggressiveness: int | None = None
+    """0 (least) to 3 (most aggressive at rejecting non-speech); server default 2."""
+    min_speech_ms: int | None = None
+    """Voiced audio needed before speech counts as started (server default 90 ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecognitionConfig:
+    """Options of a recognition request.
+
+    ``encoding``, ``sample_rate_hz`` and ``channels`` left as None are filled from the audio file
+    when a client method is given a path; with raw bytes ``encoding`` is required, and
+    ``sample_rate_hz`` too for LINEAR16.
+    """
+
+    encoding: AudioEncoding | None = None
+    sample_rate_hz: int | None = None
+    channels: int | None = None
+    language: str = "en"
+    """BCP-47 language of the speech."""
+    interim_results: bool = False
+    """Stream partial (non-final) results while an utterance is spoken."""
+    single_utterance: bool = False
+    """End the stream after the first utterance."""
+    endpointing: Endpointing | None = None
+    max_alternatives: int = 1
+    word_timestamps: bool = False
+    hotwords: tuple[str, ...] = ()
+    """Words or phrases to favour."""
+    prompt: str = ""
+    """Free text that conditions the decoder (previous dialogue, domain words)."""
+    tenant_id: str = ""
+    user_id: str = ""
+    cache_policy: CachePolicy = CachePolicy.USE
+    model_tier: ModelTier = ModelTier.DEFAULT
+    request_id: str = ""
+    """Echoed in server logs; the server generates one when empty."""
+
+    def __post_init__(self) -> None:
+        hotwords: object = self.hotwords
+        if isinstance(hotwords, str):
+            raise TypeError("hotwords must be a sequence of strings, not a single string")
+        if not isinstance(hotwords, tuple):
+            object.__setattr__(self, "hotwords", tuple(self.hotwords))
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One recognised word with its position in the audio."""
+
+    word: str
+    start_ms: int
+    end_ms: int
+    confidence: float
+    """Probability the model gave this word, 0..1."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    """One hypothesis of what was said."""
+
+    transcript: str
+    confidence: float
+    """0..1: the geometric mean of the token probabilities."""
+    words: tuple[Word, ...] = ()
+    """Filled when ``word_timestamps`` was asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecognitionResult:
+    """A partial or final result for one utterance (stream) or segment (clip)."""
+
+    alternatives: tuple[Alternative, ...]
+    is_final: bool
+    stability: float
+    """0..1 estimate that a partial result will not change; 1 for finals."""
+    utterance_index: int
+    audio_start_ms: int
+    audio_end_ms: int
+    cache_status: CacheStatus
+    model_tier: ModelTier
+    processing_latency_ms: float
+
+    @property
+    def transcript(self) -> str:
+        """The first alternative's transcript, or "" when there is none."""
+        return self.alternatives[0].transcript if self.alternatives else ""
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEvent:
+    """Voice activity news from a stream."""
+
+    type: SpeechEventType
+    audio_offset_ms: int
+    utterance_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamUpdate:
+    """One message of a recognition stream: a result or a speech event (exactly one is set)."""
+
+    result: RecognitionResult | None
+    speech_event: SpeechEvent | None
+    stream_id: str
+    committed_audio_offset_ms: int
+    """Audio before this offset is fully transcribed (covered by finals)."""
+    resume_token: bytes = b""
+    """Opaque token to resume the stream after a disconnect; empty while unavailable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """The answer to a whole-clip recognition: one final result per segment, in order."""
+
+    results: tuple[RecognitionResult, ...]
+    audio_duration_ms: int
+    processing_latency_ms: float
+
+    @property
+    def text(self) -> str:
+        """The final transcripts joined with single spaces."""
+        parts = (r.transcript.strip() for r in self.results if r.is_final)
+        return " ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisResult:
+    """A whole synthesized utterance."""
+
+    audio: bytes
+    """Encoded audio: a complete file for WAV and OGG_OPUS, raw samples for LINEAR16."""
+    encoding: AudioEncoding
+    sample_rate_hz: int
+    audio_duration_ms: int
+    cache_status: SynthesisCacheStatus
+    voice: str
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisChunk:
+    """A piece of a streamed synthesis. For WAV, concatenating the chunks gives a streamable file."""
+
+    audio: bytes
+    encoding: AudioEncoding
+    sample_rate_hz: int
+    audio_offset_ms: int
+    """Position of this chunk's first sample in the whole utterance."""
+    audio_duration_ms: int
+    cache_status: SynthesisCacheStatus
+    sequence: int
+    """0-based chunk number."""
+    last: bool
+    """True on the final chunk."""
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    """A synthesis voice the server offers."""
+
+    name: str
+    language: str
+    accent: str
+    gender: str
+    native_sample_rate_hz: int
+    sample_rates_hz: tuple[int, ...]
+    is_default: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CacheTierStats:
+    """Counters of one cache tier, e.g. ``"asr.exact"`` or ``"tts.phrase"``."""
+
+    tier: str
+    entries: int
+    hits: int
+    misses: int
+    size_bytes: int
+
+    @property
+    def hit_ratio(self) -> float | None:
+        """hits / (hits + misses), or None before any lookup."""
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStats:
+    """Server-wide (or one tenant's) counters."""
+
+    tiers: tuple[CacheTierStats, ...]
+    uptime_s: float
+    active_streams: int
+    recognize_requests: int
+    streaming_requests: int
+    synthesize_requests: int
+    server_version: str
+    asr_model: str
+    tts_model: str
