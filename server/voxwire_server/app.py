@@ -11,6 +11,7 @@ from voxwire_server.domain import Endpointing, Tier
 from voxwire_server.engines.tts import HibariSynthesizer
 from voxwire_server.engines.vad import WebRtcVad
 from voxwire_server.engines.whisper import WhisperRecognizer, tune_allocator
+from voxwire_server.metrics import Telemetry
 from voxwire_server.sessions.recognition import RecognitionLimits
 from voxwire_server.sessions.runtime import Runtime
 from voxwire_server.sessions.synthesis import SynthesisLimits
@@ -20,12 +21,15 @@ log = logging.getLogger(__name__)
 
 
 def build_runtime(config: ServerConfig) -> Runtime:
+    telemetry = Telemetry()
     return Runtime(
         recognition_limits=RecognitionLimits(
             max_clip_s=config.max_clip_s,
             max_chunk_ms=config.max_chunk_ms,
             queue_chunks=config.stream_queue_chunks,
             partial_interval_ms=config.partial_interval_ms,
+            escalation_confidence=config.escalation_confidence,
+            on_escalation=telemetry.escalations.inc,
         ),
         synthesis_limits=SynthesisLimits(max_text_chars=config.max_text_chars),
         endpointing=Endpointing(
@@ -37,6 +41,7 @@ def build_runtime(config: ServerConfig) -> Runtime:
         default_tier=Tier(config.asr_default_tier),
         max_streams=config.max_streams,
         vad_factory=WebRtcVad,
+        telemetry=telemetry,
     )
 
 
@@ -48,6 +53,8 @@ def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthe
         compute_type=config.asr_compute_type,
         cpu_threads=config.asr_cpu_threads,
         accurate_beam_size=config.asr_accurate_beam_size,
+        max_batch=config.max_batch,
+        max_batch_wait_ms=config.max_batch_wait_ms,
     )
     synthesizer = HibariSynthesizer(config.tts_voice, threads=config.tts_threads)
     recognizer.warm_up()

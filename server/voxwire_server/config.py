@@ -29,6 +29,11 @@ class ServerConfig:
     asr_cpu_threads: int = _opt(1, "threads for the ASR model (the math gains nothing from a second vCPU)")
     asr_accurate_beam_size: int = _opt(5, "beam size of the accurate model tier")
     asr_default_tier: str = _opt("fast", "tier used when a request leaves it unspecified: fast or accurate")
+    escalation_confidence: float = _opt(
+        0.5, "fast-tier finals under this confidence are re-decoded on the accurate tier (0 = never)"
+    )
+    max_batch: int = _opt(8, "windows decoded together in one batch (across streams)")
+    max_batch_wait_ms: float = _opt(10.0, "how long the decoder waits for a batch to fill")
     tts_voice: str = _opt("heart", "default hibari voice (only voices present offline are served)")
     tts_threads: int = _opt(1, "onnxruntime threads for synthesis")
     max_message_mb: int = _opt(32, "largest gRPC message accepted (a whole clip for Recognize)")
@@ -73,6 +78,7 @@ class ServerConfig:
             "max_streams": self.max_streams,
             "max_text_chars": self.max_text_chars,
             "partial_interval_ms": self.partial_interval_ms,
+            "max_batch": self.max_batch,
             "silence_ms": self.silence_ms,
             "max_utterance_s": self.max_utterance_s,
             "min_speech_ms": self.min_speech_ms,
@@ -80,8 +86,12 @@ class ServerConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
-        if self.max_utterance_s > 30:
-            raise ConfigError("max_utterance_s must be at most 30 (the Whisper window)")
+        if self.max_utterance_s > 29:
+            raise ConfigError("max_utterance_s must be at most 29 (the Whisper window, less padding)")
+        if not 0 <= self.escalation_confidence <= 1:
+            raise ConfigError("escalation_confidence must be 0..1")
+        if self.max_batch_wait_ms < 0:
+            raise ConfigError("max_batch_wait_ms must not be negative")
         if self.shutdown_grace_s < 0:
             raise ConfigError("shutdown_grace_s must not be negative")
         return self

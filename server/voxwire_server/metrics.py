@@ -31,6 +31,9 @@ class Telemetry:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.escalations = Counter(
+            "voxwire_asr_escalations", "fast-tier finals re-decoded on the accurate tier", registry=r
+        )
         self.tts_first_audio = Histogram(
             "voxwire_tts_first_audio_seconds",
             "time from a synthesis request to its first audio",

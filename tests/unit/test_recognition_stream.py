@@ -25,7 +25,9 @@ from voxwire_server.domain import (
     StreamInput,
     StreamStart,
     StreamUpdate,
+    Tier,
 )
+from voxwire_server.engines.base import WindowRequest, WindowResult
 from voxwire_server.errors import InvalidInput, NotImplementedCapability, StreamAbandoned
 from voxwire_server.sessions.recognition import RecognitionLimits, RecognitionStream
 
@@ -40,6 +42,8 @@ class ScriptedRecognizer:
         self.finished = 0
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
+        self.requests: list[WindowRequest] = []
+        self.confidence = 0.9
 
     def check_language(self, language: str) -> str:
         if language != "en":
@@ -47,13 +51,20 @@ class ScriptedRecognizer:
         return language
 
     async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
+        raise AssertionError("streams decode utterances on windows")
+
+    async def decode(self, request: WindowRequest, *, final: bool, deadline: float) -> WindowResult:
         self.calls += 1
+        self.requests.append(request)
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
         self.finished += 1
-        text = f"{audio.size / 16000:.1f} seconds"
-        return [Segment((Alternative(text, 0.9),), 0.0, audio.size / 16000)]
+        # A growing hypothesis: one word per 0.5 s of audio, after the forced prefix.
+        words = [f"w{i}" for i in range(int(request.audio.size / 8000))]
+        prefix = request.prefix.split()
+        text = " ".join([*prefix, *words[len(prefix) :]]) or "hm"
+        return WindowResult((Alternative(text, self.confidence),))
 
     def close(self) -> None:
         pass
@@ -185,4 +196,37 @@ async def test_partials_never_follow_their_final() -> None:
             final_seen.add(r.utterance_index)
         else:
             assert r.utterance_index not in final_seen
-            assert r.stability == 0.0
+            assert 0.0 <= r.stability <= 1.0
+
+
+async def test_committed_words_never_change_and_are_forced_on_the_decoder() -> None:
+    recognizer = ScriptedRecognizer()
+    audio = pattern(("silence", 0.3), ("speech", 5.0), ("silence", 1.0))
+    updates = await run_stream(audio, options(interim_results=True), recognizer)
+    partials = [u.payload for u in updates if isinstance(u.payload, Result) and not u.payload.is_final]
+    assert len(partials) >= 3
+    committed: list[str] = []
+    for p in partials:
+        words = p.alternatives[0].text.split()
+        assert words[: len(committed)] == committed  # what was committed is still there, unchanged
+        committed = words[: round(p.stability * len(words))]
+    assert committed, "two agreeing partials must commit words"
+    assert any(r.prefix for r in recognizer.requests)  # later decodes continue from the committed words
+
+
+async def test_low_confidence_finals_escalate_to_the_accurate_tier() -> None:
+    recognizer = ScriptedRecognizer()
+    recognizer.confidence = 0.2
+    escalations: list[int] = []
+    updates: list[StreamUpdate] = []
+
+    async def emit(update: StreamUpdate) -> None:
+        updates.append(update)
+
+    limits = RecognitionLimits(escalation_confidence=0.5, on_escalation=lambda: escalations.append(1))
+    stream = RecognitionStream(StreamStart(options()), recognizer, lambda a: EnergyVad(), limits, emit)
+    await stream.run(feed(TWO_UTTERANCES))
+    finals = [u.payload for u in updates if isinstance(u.payload, Result)]
+    assert [f.tier for f in finals] == [Tier.ACCURATE, Tier.ACCURATE]
+    assert len(escalations) == 2
+    assert [r.options.tier for r in recognizer.requests] == [Tier.FAST, Tier.ACCURATE] * 2

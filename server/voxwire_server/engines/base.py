@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from voxwire_server.domain import DecodeOptions, Segment, VoiceInfo
+from voxwire_server.domain import Alternative, DecodeOptions, Segment, VoiceInfo
 
 
 class SpeechRecognizer(Protocol):
@@ -19,7 +20,13 @@ class SpeechRecognizer(Protocol):
         """The model's code for a BCP-47 language; InvalidInput when the model does not know it."""
         ...
 
-    async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]: ...
+    async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
+        """A whole clip of any length."""
+        ...
+
+    async def decode(self, request: WindowRequest, *, final: bool, deadline: float) -> WindowResult:
+        """One utterance of at most ~29 s, batched with other streams' work; finals go first."""
+        ...
 
     def close(self) -> None: ...
 
@@ -47,3 +54,21 @@ class VoiceActivityDetector(Protocol):
     frame_ms: int
 
     def is_speech(self, frame: npt.NDArray[np.int16]) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRequest:
+    """One utterance (or the utterance so far) to decode on a short window."""
+
+    audio: npt.NDArray[np.float32]
+    options: DecodeOptions
+    # Words already committed: the decoder must continue from them.
+    prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    alternatives: tuple[Alternative, ...]
+    # Why the decoder's text was dropped, if it was: "no_speech" or "repetition".
+    rejected: str = ""
+    no_speech_prob: float = 0.0

@@ -14,6 +14,7 @@ import numpy.typing as npt
 from voxwire_server.domain import (
     Alternative,
     AudioChunk,
+    DecodeOptions,
     EndOfAudio,
     RecognitionOptions,
     Result,
@@ -26,8 +27,9 @@ from voxwire_server.domain import (
     Tier,
 )
 from voxwire_server.engines.audio import ASR_SAMPLE_RATE_HZ, StreamDecoder, decode_clip, pcm16_to_float
-from voxwire_server.engines.base import SpeechRecognizer, VoiceActivityDetector
+from voxwire_server.engines.base import SpeechRecognizer, VoiceActivityDetector, WindowRequest, WindowResult
 from voxwire_server.errors import InvalidInput, LimitExceeded, NotImplementedCapability, StreamAbandoned
+from voxwire_server.sessions.agreement import LocalAgreement
 from voxwire_server.sessions.endpointing import Endpointer, SpeechStarted, UtteranceEnded
 
 log = logging.getLogger(__name__)
@@ -36,12 +38,20 @@ Emit = Callable[[StreamUpdate], Awaitable[None]]
 VadFactory = Callable[[int], VoiceActivityDetector]
 
 
+# Clips up to this long decode on one short window; longer ones go through faster-whisper's sliding
+# 30 s windows.
+MAX_WINDOW_AUDIO_S = 29.0
+
+
 @dataclass(frozen=True, slots=True)
 class RecognitionLimits:
     max_clip_s: float = 600.0
     max_chunk_ms: int = 1000
     queue_chunks: int = 200
     partial_interval_ms: int = 500
+    # Finals of the fast tier under this confidence are re-decoded on the accurate tier (0: never).
+    escalation_confidence: float = 0.0
+    on_escalation: Callable[[], None] | None = None
 
 
 def _ms(samples: int) -> int:
@@ -102,6 +112,15 @@ async def recognize_clip(
             f"clip is {duration_s:.0f} s; this server accepts at most {limits.max_clip_s:.0f} s"
         )
     started = time.perf_counter()
+    if duration_s <= MAX_WINDOW_AUDIO_S:
+        decoded, tier = await decode_final(recognizer, samples, options.decode, limits)
+        latency_ms = (time.perf_counter() - started) * 1000
+        if not decoded.alternatives:
+            return [], round(duration_s * 1000)
+        result = _result(
+            decoded, offset_samples=0, end_samples=samples.size, index=0, tier=tier, latency_ms=latency_ms
+        )
+        return [result], round(duration_s * 1000)
     segments = await recognizer.transcribe(samples, options.decode)
     latency_ms = (time.perf_counter() - started) * 1000
     results = segments_to_results(segments, offset_samples=0, tier=options.decode.tier, latency_ms=latency_ms)
@@ -141,6 +160,7 @@ class RecognitionStream:
         self._partial: asyncio.Task[None] | None = None
         self._last_partial_at = 0
         self._partial_interval = limits.partial_interval_ms * ASR_SAMPLE_RATE_HZ // 1000
+        self._agreement = LocalAgreement()
 
     async def run(self, inputs: AsyncIterator[StreamInput]) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -197,16 +217,19 @@ class RecognitionStream:
         single = self._options.single_utterance
         kind = SpeechEventType.END_OF_SINGLE_UTTERANCE if single else SpeechEventType.END_OF_UTTERANCE
         await self._send_event(kind, event.speech_end, event.utterance_index)
-        segments = await self._recognizer.transcribe(pcm16_to_float(event.audio), self._options.decode)
-        text = " ".join(a.text for s in segments for a in s.alternatives[:1]).strip()
+        # The final decodes freely and replaces the partials: committed words steady the partials,
+        # but forcing them on the final cost accuracy.
+        self._agreement.reset()
+        audio = pcm16_to_float(event.audio)
+        decoded, tier = await decode_final(self._recognizer, audio, self._options.decode, self._limits)
         self._committed_ms = _ms(event.audio_start + event.audio.size)
-        if text:
-            result = _merge(
-                segments,
+        if decoded.alternatives:
+            result = _result(
+                decoded,
                 offset_samples=event.audio_start,
                 end_samples=event.audio_start + event.audio.size,
                 index=event.utterance_index,
-                tier=self._options.decode.tier,
+                tier=tier,
                 latency_ms=(time.perf_counter() - detected) * 1000,
             )
             await self._emit(StreamUpdate(result, self._committed_ms))
@@ -228,21 +251,25 @@ class RecognitionStream:
 
     async def _run_partial(self, audio: npt.NDArray[np.int16], start: int, index: int) -> None:
         started = time.perf_counter()
-        options = replace(self._options.decode, tier=Tier.FAST, word_timestamps=False)
-        segments = await self._recognizer.transcribe(pcm16_to_float(audio), options)
-        text = " ".join(a.text for s in segments for a in s.alternatives[:1]).strip()
-        if not text or index != self._endpointer.utterance_index:
+        options = replace(self._options.decode, tier=Tier.FAST, word_timestamps=False, max_alternatives=1)
+        request = WindowRequest(pcm16_to_float(audio), options, prefix=self._agreement.prefix)
+        deadline = time.monotonic() + self._limits.partial_interval_ms / 1000
+        decoded = await self._recognizer.decode(request, final=False, deadline=deadline)
+        if not decoded.alternatives or index != self._endpointer.utterance_index:
             return
-        result = _merge(
-            segments,
+        text, stability = self._agreement.update(decoded.alternatives[0].text)
+        best = replace(decoded.alternatives[0], text=text)
+        result = _result(
+            replace(decoded, alternatives=(best,)),
             offset_samples=start,
             end_samples=start + audio.size,
             index=index,
             tier=Tier.FAST,
             latency_ms=(time.perf_counter() - started) * 1000,
         )
-        # Stability is not estimated yet: partials say 0 ("may still change").
-        await self._emit(StreamUpdate(replace(result, is_final=False, stability=0.0), self._committed_ms))
+        await self._emit(
+            StreamUpdate(replace(result, is_final=False, stability=stability), self._committed_ms)
+        )
 
     async def _stop_partial(self) -> None:
         if self._partial is not None and not self._partial.done():
@@ -255,25 +282,34 @@ class RecognitionStream:
         await self._emit(StreamUpdate(SpeechEvent(kind, _ms(offset_samples), index), self._committed_ms))
 
 
-def _merge(
-    segments: list[Segment],
-    *,
-    offset_samples: int,
-    end_samples: int,
-    index: int,
-    tier: Tier,
-    latency_ms: float,
+async def decode_final(
+    recognizer: SpeechRecognizer,
+    audio: npt.NDArray[np.float32],
+    options: DecodeOptions,
+    limits: RecognitionLimits,
+) -> tuple[WindowResult, Tier]:
+    """Decodes an utterance; a fast-tier answer under the confidence threshold is re-decoded on the
+    accurate tier."""
+    decoded = await recognizer.decode(WindowRequest(audio, options), final=True, deadline=time.monotonic())
+    confidence = decoded.alternatives[0].confidence if decoded.alternatives else 1.0
+    if options.tier is Tier.FAST and confidence < limits.escalation_confidence:
+        accurate = replace(options, tier=Tier.ACCURATE)
+        second = await recognizer.decode(
+            WindowRequest(audio, accurate), final=True, deadline=time.monotonic()
+        )
+        if limits.on_escalation is not None:
+            limits.on_escalation()
+        log.debug("escalated a final of confidence %.2f", confidence)
+        return second, Tier.ACCURATE
+    return decoded, options.tier
+
+
+def _result(
+    decoded: WindowResult, *, offset_samples: int, end_samples: int, index: int, tier: Tier, latency_ms: float
 ) -> Result:
-    """One result for an utterance, however many segments the decoder split it into."""
     offset_s = offset_samples / ASR_SAMPLE_RATE_HZ
-    best = [s.alternatives[0] for s in segments if s.alternatives]
-    text = " ".join(a.text for a in best).strip()
-    # Weight each segment's confidence by its length in characters.
-    weight = sum(len(a.text) for a in best) or 1
-    confidence = sum(a.confidence * len(a.text) for a in best) / weight
-    words = tuple(w for a in best for w in _shift(a, offset_s).words)
     return Result(
-        alternatives=(Alternative(text=text, confidence=confidence, words=words),),
+        alternatives=tuple(_shift(a, offset_s) for a in decoded.alternatives),
         is_final=True,
         utterance_index=index,
         start_ms=_ms(offset_samples),

@@ -1,0 +1,145 @@
+"""One worker thread that runs jobs in batches, most urgent first, and drops jobs nobody awaits."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+# Priorities: lower runs first.
+FINAL = 0
+PARTIAL = 1
+
+
+@dataclass(order=True)
+class _Entry(Generic[J, R]):
+    priority: int
+    deadline: float
+    seq: int
+    job: J = field(compare=False)
+    future: asyncio.Future[R] = field(compare=False)
+    loop: asyncio.AbstractEventLoop = field(compare=False)
+    abandoned: bool = field(default=False, compare=False)
+
+
+def _resolve(future: asyncio.Future[R], result: R | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+class BatchWorker(Generic[J, R]):
+    """Jobs with the same ``key`` can share a batch. The worker takes the most urgent job (priority,
+    then earliest deadline), waits up to ``max_wait_s`` for up to ``max_batch - 1`` more of its kind,
+    and runs them together. A job whose awaiting task was cancelled is skipped if it has not started."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[J]], list[R]],
+        *,
+        key: Callable[[J], Hashable],
+        max_batch: int,
+        max_wait_s: float,
+        name: str,
+    ) -> None:
+        self._run_batch = run_batch
+        self._key = key
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._heap: list[_Entry[J, R]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.batches_run = 0
+        self.jobs_run = 0
+        self.jobs_dropped = 0
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return sum(not e.abandoned for e in self._heap)
+
+    async def submit(self, job: J, *, priority: int, deadline: float) -> R:
+        loop = asyncio.get_running_loop()
+        entry: _Entry[J, R] = _Entry(priority, deadline, next(self._seq), job, loop.create_future(), loop)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the worker is closed")
+            heapq.heappush(self._heap, entry)
+            self._cond.notify()
+        try:
+            return await entry.future
+        except asyncio.CancelledError:
+            entry.abandoned = True
+            raise
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for entry in self._heap:
+                if not entry.loop.is_closed():
+                    entry.loop.call_soon_threadsafe(entry.future.cancel)
+            self._heap.clear()
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    def _take_batch(self) -> list[_Entry[J, R]] | None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0].abandoned:
+                    heapq.heappop(self._heap)
+                    self.jobs_dropped += 1
+                if self._closed:
+                    return None
+                if self._heap:
+                    break
+                self._cond.wait()
+            kind = self._key(self._heap[0].job)
+            give_up_at = time.monotonic() + self._max_wait_s
+            while self._count(kind) < self._max_batch and not self._closed:
+                remaining = give_up_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch: list[_Entry[J, R]] = []
+            rest: list[_Entry[J, R]] = []
+            while self._heap and len(batch) < self._max_batch:
+                entry = heapq.heappop(self._heap)
+                if entry.abandoned:
+                    self.jobs_dropped += 1
+                elif self._key(entry.job) == kind:
+                    batch.append(entry)
+                else:
+                    rest.append(entry)
+            for entry in rest:
+                heapq.heappush(self._heap, entry)
+            return batch
+
+    def _count(self, kind: Hashable) -> int:
+        return sum(1 for e in self._heap if not e.abandoned and self._key(e.job) == kind)
+
+    def _loop(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            if not batch:
+                continue
+            try:
+                results: list[R | BaseException] = list(self._run_batch([e.job for e in batch]))
+            except Exception as exc:
+                results = [exc] * len(batch)
+            self.batches_run += 1
+            self.jobs_run += len(batch)
+            for entry, result in zip(batch, results, strict=True):
+                entry.loop.call_soon_threadsafe(_resolve, entry.future, result)
