@@ -9,7 +9,7 @@ import pytest
 
 from voxwire_server.domain import AudioFormat, Encoding
 from voxwire_server.engines.audio import AudioEncoder, StreamDecoder, decode_clip, wav_header
-from voxwire_server.errors import InvalidInput, NotImplementedCapability
+from voxwire_server.errors import InvalidInput
 
 
 def tone(rate: int, seconds: float, channels: int = 1) -> bytes:
@@ -77,8 +77,9 @@ def test_stream_decoder_rejects_bad_streams() -> None:
         decoder.finish()
     with pytest.raises(InvalidInput, match="complete WAV header"):
         StreamDecoder(AudioFormat(Encoding.WAV)).finish()
-    with pytest.raises(NotImplementedCapability, match="streaming FLAC"):
-        StreamDecoder(AudioFormat(Encoding.FLAC))
+    # FLAC and OGG_OPUS stream too (tests/unit/test_audio_streaming_containers.py); the container is checked.
+    with pytest.raises(InvalidInput, match="declared as FLAC is a wav container"):
+        StreamDecoder(AudioFormat(Encoding.FLAC)).feed(wav_bytes(tone(16000, 0.1), 16000))
     eight_bit = wav_bytes(b"", 16000).replace(b"\x10\x00data", b"\x08\x00data")
     with pytest.raises(InvalidInput, match="16-bit PCM"):
         StreamDecoder(AudioFormat(Encoding.WAV)).feed(eight_bit)

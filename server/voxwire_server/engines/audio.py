@@ -12,7 +12,8 @@ import numpy.typing as npt
 
 from voxwire_server.config import INPUT_SAMPLE_RATES_HZ
 from voxwire_server.domain import AudioFormat, Encoding
-from voxwire_server.errors import InvalidInput, NotImplementedCapability
+from voxwire_server.engines.stream_containers import ContainerStream, open_container_stream
+from voxwire_server.errors import InvalidInput
 
 ASR_SAMPLE_RATE_HZ = 16000
 Int16Array = npt.NDArray[np.int16]
@@ -21,6 +22,8 @@ Float32Array = npt.NDArray[np.float32]
 # The container names PyAV reports for each encoding.
 _CONTAINERS = {Encoding.WAV: "wav", Encoding.FLAC: "flac", Encoding.OGG_OPUS: "ogg"}
 _MAX_WAV_HEADER_BYTES = 64 * 1024
+# Compressed chunks carry no duration the session could check, so their size is bounded instead.
+MAX_COMPRESSED_CHUNK_BYTES = 256 * 1024
 
 
 class Resampler:
@@ -109,7 +112,12 @@ def _decode_container(data: bytes, fmt: AudioFormat) -> Float32Array:
                 raise InvalidInput(f"the {name} data holds no audio stream")
             stream = container.streams.audio[0]
             rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
-            if fmt.sample_rate_hz and fmt.sample_rate_hz != rate:
+            rates = {rate}
+            head = stream.codec_context.extradata or b""
+            # Opus decodes at 48 kHz; the rate it was encoded from (OpusHead) is accepted too, as in streams.
+            if head.startswith(b"OpusHead") and len(head) >= 16:
+                rates.add(struct.unpack_from("<I", head, 12)[0])
+            if fmt.sample_rate_hz and fmt.sample_rate_hz not in rates:
                 raise InvalidInput(
                     f"sample_rate_hz {fmt.sample_rate_hz} does not match the {name} data ({rate} Hz)"
                 )
@@ -137,12 +145,16 @@ class StreamDecoder:
         self._pending = b""
         self._resampler: Resampler | None = None
         self._frame_bytes = 0
+        self._container: ContainerStream | None = None
+        # The source stream's rate and channels once known (Opus: its 48 kHz decoding rate).
         self.sample_rate_hz = 0
         self.channels = 0
         if fmt.encoding is Encoding.LINEAR16:
             self._start_pcm(fmt.sample_rate_hz, fmt.channels or 1)
         elif fmt.encoding is not Encoding.WAV:
-            raise NotImplementedCapability(f"streaming {fmt.encoding.name} decoding (use LINEAR16 or WAV)")
+            if fmt.channels not in (0, 1, 2):
+                check_pcm_format(ASR_SAMPLE_RATE_HZ, fmt.channels)
+            self._container = open_container_stream(fmt, ASR_SAMPLE_RATE_HZ)
         elif fmt.channels not in (0, 1, 2) or (
             fmt.sample_rate_hz and fmt.sample_rate_hz not in INPUT_SAMPLE_RATES_HZ
         ):
@@ -155,12 +167,22 @@ class StreamDecoder:
         self._resampler = Resampler(sample_rate_hz, channels, ASR_SAMPLE_RATE_HZ)
 
     def chunk_duration_ms(self, nbytes: int) -> float:
-        """Duration of a chunk once the format is known (0 while a WAV header is still awaited)."""
+        """Duration of a PCM chunk; 0 when unknown: while a WAV header is awaited, and always for FLAC and
+        OGG_OPUS, whose chunks feed() bounds in bytes (MAX_COMPRESSED_CHUNK_BYTES) instead."""
         if not self._frame_bytes:
             return 0.0
         return 1000.0 * nbytes / (self._frame_bytes * self.sample_rate_hz)
 
     def feed(self, chunk: bytes) -> Int16Array:
+        if self._container is not None:
+            if len(chunk) > MAX_COMPRESSED_CHUNK_BYTES:
+                raise InvalidInput(
+                    f"{self._fmt.encoding.name} audio chunk of {len(chunk)} bytes is over the "
+                    f"{MAX_COMPRESSED_CHUNK_BYTES // 1024} KiB limit; send smaller chunks"
+                )
+            samples = self._container.feed(chunk)
+            self.sample_rate_hz, self.channels = self._container.sample_rate_hz, self._container.channels
+            return samples
         data = self._pending + chunk
         self._pending = b""
         if self._resampler is None:
@@ -187,6 +209,9 @@ class StreamDecoder:
         return self._resampler.feed(np.frombuffer(data[:usable], dtype="<i2").astype(np.int16))
 
     def finish(self) -> Int16Array:
+        """The samples still held back; raises InvalidInput when the stream is truncated."""
+        if self._container is not None:
+            return self._container.finish()
         if self._resampler is None:
             raise InvalidInput("the stream ended before a complete WAV header arrived")
         if self._pending:
