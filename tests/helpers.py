@@ -51,7 +51,7 @@ def speech_clips(ids: list[str]) -> list[Clip]:
 def noise_clips() -> list[Path]:
     data = require_data()
     lines = (data / "noise" / "manifest.jsonl").read_text().splitlines()
-    return [data / "noise" / json.loads(line)["audio"] for line in lines]
+    return [data / json.loads(line)["audio"] for line in lines]
 
 
 def normalize(text: str) -> list[str]:

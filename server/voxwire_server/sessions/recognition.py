@@ -26,7 +26,13 @@ from voxwire_server.domain import (
     StreamUpdate,
     Tier,
 )
-from voxwire_server.engines.audio import ASR_SAMPLE_RATE_HZ, StreamDecoder, decode_clip, pcm16_to_float
+from voxwire_server.engines.audio import (
+    ASR_SAMPLE_RATE_HZ,
+    StreamDecoder,
+    decode_clip,
+    float_to_pcm16,
+    pcm16_to_float,
+)
 from voxwire_server.engines.base import SpeechRecognizer, VoiceActivityDetector, WindowRequest, WindowResult
 from voxwire_server.errors import InvalidInput, LimitExceeded, NotImplementedCapability, StreamAbandoned
 from voxwire_server.sessions.agreement import LocalAgreement
@@ -38,8 +44,7 @@ Emit = Callable[[StreamUpdate], Awaitable[None]]
 VadFactory = Callable[[int], VoiceActivityDetector]
 
 
-# Clips up to this long decode on one short window; longer ones go through faster-whisper's sliding
-# 30 s windows.
+# Clips up to this long are cut into utterances and decoded on short windows.
 MAX_WINDOW_AUDIO_S = 29.0
 
 
@@ -101,30 +106,52 @@ def _shift(alt: Alternative, offset_s: float) -> Alternative:
 
 
 async def recognize_clip(
-    recognizer: SpeechRecognizer, audio: bytes, options: RecognitionOptions, limits: RecognitionLimits
+    recognizer: SpeechRecognizer,
+    vad_factory: VadFactory,
+    audio: bytes,
+    options: RecognitionOptions,
+    limits: RecognitionLimits,
 ) -> tuple[list[Result], int]:
-    """Decodes a whole clip; returns one final per segment and the clip's duration in ms."""
+    """Decodes a whole clip; returns one final per utterance and the clip's duration in ms.
+
+    Clips up to MAX_WINDOW_AUDIO_S are cut into utterances by the same endpointer as streams and
+    their utterances decoded together in one batch; longer clips go through faster-whisper's
+    sliding 30 s windows."""
     check_options(recognizer, options)
     samples = await asyncio.to_thread(decode_clip, audio, options.audio)
     duration_s = samples.size / ASR_SAMPLE_RATE_HZ
+    duration_ms = round(duration_s * 1000)
     if duration_s > limits.max_clip_s:
         raise LimitExceeded(
             f"clip is {duration_s:.0f} s; this server accepts at most {limits.max_clip_s:.0f} s"
         )
     started = time.perf_counter()
-    if duration_s <= MAX_WINDOW_AUDIO_S:
-        decoded, tier = await decode_final(recognizer, samples, options.decode, limits)
+    if duration_s > MAX_WINDOW_AUDIO_S:
+        segments = await recognizer.transcribe(samples, options.decode)
         latency_ms = (time.perf_counter() - started) * 1000
-        if not decoded.alternatives:
-            return [], round(duration_s * 1000)
-        result = _result(
-            decoded, offset_samples=0, end_samples=samples.size, index=0, tier=tier, latency_ms=latency_ms
-        )
-        return [result], round(duration_s * 1000)
-    segments = await recognizer.transcribe(samples, options.decode)
+        return segments_to_results(
+            segments, offset_samples=0, tier=options.decode.tier, latency_ms=latency_ms
+        ), duration_ms
+    endpointer = Endpointer(vad_factory(options.endpointing.vad_aggressiveness), options.endpointing)
+    pcm = float_to_pcm16(samples)
+    utterances = [e for e in endpointer.push(pcm) + endpointer.flush() if isinstance(e, UtteranceEnded)]
+    decoded = await asyncio.gather(
+        *(decode_final(recognizer, pcm16_to_float(u.audio), options.decode, limits) for u in utterances)
+    )
     latency_ms = (time.perf_counter() - started) * 1000
-    results = segments_to_results(segments, offset_samples=0, tier=options.decode.tier, latency_ms=latency_ms)
-    return results, round(duration_s * 1000)
+    results = [
+        _result(
+            d,
+            offset_samples=u.audio_start,
+            end_samples=u.audio_start + u.audio.size,
+            index=i,
+            tier=tier,
+            latency_ms=latency_ms,
+        )
+        for i, (u, (d, tier)) in enumerate(zip(utterances, decoded, strict=True))
+        if d.alternatives
+    ]
+    return [replace(r, utterance_index=i) for i, r in enumerate(results)], duration_ms
 
 
 _END = object()

@@ -41,7 +41,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                 request.config, self._rt.endpointing, self._rt.default_tier, rid
             )
             results, duration_ms = await recognize_clip(
-                self._rt.recognizer, request.audio, options, self._rt.recognition_limits
+                self._rt.recognizer, self._rt.vad_factory, request.audio, options, self._rt.recognition_limits
             )
             log.info("recognized %d ms of audio into %d segments", duration_ms, len(results))
             return recognizer_pb2.RecognizeResponse(
