@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -37,10 +38,11 @@ def build_runtime(config: ServerConfig) -> Runtime:
             max_utterance_s=config.max_utterance_s,
             vad_aggressiveness=config.vad_aggressiveness,
             min_speech_ms=config.min_speech_ms,
+            pre_roll_ms=config.pre_roll_ms,
         ),
         default_tier=Tier(config.asr_default_tier),
         max_streams=config.max_streams,
-        vad_factory=WebRtcVad,
+        vad_factory=functools.partial(WebRtcVad, frame_ms=config.vad_frame_ms),
         telemetry=telemetry,
     )
 

@@ -47,6 +47,10 @@ class ServerConfig:
     max_utterance_s: float = _opt(15.0, "default longest utterance before it is cut")
     vad_aggressiveness: int = _opt(2, "default webrtcvad aggressiveness, 0..3")
     min_speech_ms: int = _opt(90, "default voiced audio needed to start an utterance")
+    vad_frame_ms: int = _opt(30, "webrtcvad frame length: 10, 20 or 30 ms")
+    pre_roll_ms: int = _opt(
+        300, "audio kept from before speech was detected (so first syllables are not clipped)"
+    )
     shutdown_grace_s: float = _opt(10.0, "time given to running calls on SIGTERM before they are cancelled")
     metrics_listen: str = _opt("", "HOST:PORT for Prometheus metrics over HTTP ('' = off)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
@@ -63,6 +67,10 @@ class ServerConfig:
             raise ConfigError(f"asr_default_tier must be fast or accurate, got {self.asr_default_tier!r}")
         if not 0 <= self.vad_aggressiveness <= 3:
             raise ConfigError("vad_aggressiveness must be 0..3")
+        if self.vad_frame_ms not in (10, 20, 30):
+            raise ConfigError("vad_frame_ms must be 10, 20 or 30")
+        if not 0 <= self.pre_roll_ms <= 2000:
+            raise ConfigError("pre_roll_ms must be 0..2000")
         if self.metrics_listen and ":" not in self.metrics_listen:
             raise ConfigError(f"metrics_listen must be HOST:PORT, got {self.metrics_listen!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

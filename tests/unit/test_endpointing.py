@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from voxwire_server.domain import Endpointing
 from voxwire_server.sessions.endpointing import Endpointer, SpeechStarted, UtteranceEnded
@@ -12,7 +13,8 @@ RATE = 16000
 class EnergyVad:
     """A stand-in VAD for pattern tests: loud frames are speech."""
 
-    frame_ms = 30
+    def __init__(self, frame_ms: int = 30) -> None:
+        self.frame_ms = frame_ms
 
     def is_speech(self, frame: npt.NDArray[np.int16]) -> bool:
         return bool(np.abs(frame).mean() > 1000)
@@ -35,11 +37,11 @@ def run(endpointer: Endpointer, audio: npt.NDArray[np.int16], chunk: int = 1600)
     return events
 
 
-def test_two_utterances_with_offsets_and_pre_roll() -> None:
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+def test_two_utterances_with_offsets_and_pre_roll(frame_ms: int) -> None:
     audio = pattern(("silence", 1.0), ("speech", 1.0), ("silence", 1.0), ("speech", 0.5), ("silence", 1.0))
-    events = run(
-        Endpointer(EnergyVad(), Endpointing(silence_ms=600, min_speech_ms=90, pre_roll_ms=300)), audio
-    )
+    endpointing = Endpointing(silence_ms=600, min_speech_ms=90, pre_roll_ms=300)
+    events = run(Endpointer(EnergyVad(frame_ms), endpointing), audio)
     kinds = [type(e).__name__ for e in events]
     assert kinds == ["SpeechStarted", "UtteranceEnded", "SpeechStarted", "UtteranceEnded"]
     first_start, first_end = events[0], events[1]

@@ -1,0 +1,92 @@
+"""BatchWorker: urgency order, batching by key, dropping abandoned work."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from voxwire_server.engines.batching import FINAL, PARTIAL, BatchWorker
+
+
+class Recorder:
+    """A batch function that can be held closed, and remembers every batch it ran."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, jobs: list[str]) -> list[str]:
+        self.entered.set()
+        self.gate.wait(timeout=30)
+        self.batches.append(list(jobs))
+        return [job.upper() for job in jobs]
+
+
+async def test_jobs_queued_together_share_batches_and_finals_go_first() -> None:
+    recorder = Recorder()
+    worker: BatchWorker[str, str] = BatchWorker(
+        recorder, key=lambda j: j[0], max_batch=2, max_wait_s=0.0, name="t"
+    )
+    try:
+        blocker = asyncio.create_task(worker.submit("x0", priority=FINAL, deadline=0))
+        await asyncio.to_thread(recorder.entered.wait, 30)  # the worker is busy with x0
+        jobs = [
+            asyncio.create_task(worker.submit("p1", priority=PARTIAL, deadline=1)),
+            asyncio.create_task(worker.submit("f2", priority=FINAL, deadline=5)),
+            asyncio.create_task(worker.submit("f1", priority=FINAL, deadline=2)),
+            asyncio.create_task(worker.submit("p2", priority=PARTIAL, deadline=2)),
+            asyncio.create_task(worker.submit("f3", priority=FINAL, deadline=9)),
+        ]
+        await asyncio.sleep(0)  # each task runs up to its wait on the worker
+        assert worker.pending == len(jobs)
+        recorder.gate.set()
+        results = await asyncio.gather(blocker, *jobs)
+    finally:
+        recorder.gate.set()
+        worker.close()
+    assert results == ["X0", "P1", "F2", "F1", "P2", "F3"]
+    # Finals by deadline, two at a time, then the partials.
+    assert recorder.batches == [["x0"], ["f1", "f2"], ["f3"], ["p1", "p2"]]
+
+
+async def test_abandoned_jobs_are_dropped_before_they_run() -> None:
+    recorder = Recorder()
+    worker: BatchWorker[str, str] = BatchWorker(
+        recorder, key=lambda j: 0, max_batch=8, max_wait_s=0.0, name="t"
+    )
+    try:
+        blocker = asyncio.create_task(worker.submit("first", priority=FINAL, deadline=0))
+        await asyncio.to_thread(recorder.entered.wait, 30)
+        gone = asyncio.create_task(worker.submit("gone", priority=FINAL, deadline=1))
+        kept = asyncio.create_task(worker.submit("kept", priority=FINAL, deadline=2))
+        await asyncio.sleep(0)
+        assert worker.pending == 2
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        recorder.gate.set()
+        assert await kept == "KEPT"
+        await blocker
+    finally:
+        recorder.gate.set()
+        worker.close()
+    assert recorder.batches == [["first"], ["kept"]]
+    assert worker.jobs_dropped == 1
+
+
+async def test_a_failing_batch_fails_its_jobs_only() -> None:
+    def run(jobs: list[str]) -> list[str]:
+        if "bad" in jobs:
+            raise ValueError("boom")
+        return jobs
+
+    worker: BatchWorker[str, str] = BatchWorker(run, key=lambda j: j, max_batch=4, max_wait_s=0.0, name="t")
+    try:
+        with pytest.raises(ValueError, match="boom"):
+            await worker.submit("bad", priority=FINAL, deadline=0)
+        assert await worker.submit("good", priority=FINAL, deadline=0) == "good"
+    finally:
+        worker.close()
