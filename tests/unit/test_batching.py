@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from voxwire_server.engines.batching import FINAL, PARTIAL, BatchWorker
+from voxwire_server.engines.batching import FINAL, PARTIAL, BatchWorker, Expired
 
 
 class Recorder:
@@ -90,3 +90,29 @@ async def test_a_failing_batch_fails_its_jobs_only() -> None:
         assert await worker.submit("good", priority=FINAL, deadline=0) == "good"
     finally:
         worker.close()
+
+
+async def test_stale_partials_expire_instead_of_running_and_partial_batches_are_smaller() -> None:
+    recorder = Recorder()
+    worker: BatchWorker[str, str] = BatchWorker(
+        recorder, key=lambda j: 0, max_batch=4, max_partial_batch=2, max_wait_s=0.0, name="t"
+    )
+    try:
+        blocker = asyncio.create_task(worker.submit("first", priority=FINAL, deadline=0))
+        await asyncio.to_thread(recorder.entered.wait, 30)
+        stale = asyncio.create_task(worker.submit("stale", priority=PARTIAL, deadline=0.0, expires=True))
+        fresh = [
+            asyncio.create_task(worker.submit(f"p{i}", priority=PARTIAL, deadline=1e12, expires=True))
+            for i in range(3)
+        ]
+        await asyncio.sleep(0)
+        recorder.gate.set()
+        with pytest.raises(Expired):
+            await stale
+        assert await asyncio.gather(*fresh) == ["P0", "P1", "P2"]
+        await blocker
+    finally:
+        recorder.gate.set()
+        worker.close()
+    assert recorder.batches == [["first"], ["p0", "p1"], ["p2"]]
+    assert worker.jobs_expired == 1

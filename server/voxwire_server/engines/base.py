@@ -11,6 +11,10 @@ import numpy.typing as npt
 from voxwire_server.domain import Alternative, DecodeOptions, Segment, VoiceInfo
 
 
+class PartialSkipped(Exception):
+    """A partial's decode was skipped: the recognizer was too busy to start it before its deadline."""
+
+
 class SpeechRecognizer(Protocol):
     """Decodes 16 kHz mono float32 audio off the event loop."""
 

