@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from voxwire_server.config import INPUT_SAMPLE_RATES_HZ
 from voxwire_server.domain import AudioFormat, Encoding
-from voxwire_server.engines.stream_containers import ContainerStream, open_container_stream
+from voxwire_server.engines.containers import ContainerStream, open_container_stream
 from voxwire_server.errors import InvalidInput
 
 ASR_SAMPLE_RATE_HZ = 16000
