@@ -82,7 +82,7 @@ class EndpointingConfig(_message.Message):
     silence_ms: _builtins.int
     """Trailing silence that ends an utterance. Default 600 ms."""
     max_utterance_s: _builtins.float
-    """An utterance is cut after this long. Default 15 s, at most 30 s."""
+    """An utterance is cut after this long. Default 15 s, at most 29 s."""
     vad_aggressiveness: _builtins.int
     """webrtcvad aggressiveness 0 (least) .. 3 (most aggressive at rejecting non-speech). Default 2."""
     min_speech_ms: _builtins.int

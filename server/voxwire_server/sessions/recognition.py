@@ -79,8 +79,8 @@ def check_options(recognizer: SpeechRecognizer, options: RecognitionOptions) -> 
         raise InvalidInput(f"vad_aggressiveness must be 0..3, got {e.vad_aggressiveness}")
     if not 100 <= e.silence_ms <= 10_000:
         raise InvalidInput(f"silence_ms must be 100..10000, got {e.silence_ms}")
-    if not 1.0 <= e.max_utterance_s <= 30.0:
-        raise InvalidInput(f"max_utterance_s must be 1..30, got {e.max_utterance_s}")
+    if not 1.0 <= e.max_utterance_s <= MAX_WINDOW_AUDIO_S:
+        raise InvalidInput(f"max_utterance_s must be 1..29, got {e.max_utterance_s}")
     if not 10 <= e.min_speech_ms <= 2000:
         raise InvalidInput(f"min_speech_ms must be 10..2000, got {e.min_speech_ms}")
 
