@@ -68,6 +68,8 @@ class WindowRequest:
     options: DecodeOptions
     # Words already committed: the decoder must continue from them.
     prefix: str = ""
+    # Set by the recognizer: a final is trimmed of words echoed into the padding.
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)

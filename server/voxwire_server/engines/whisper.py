@@ -9,6 +9,7 @@ import math
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,9 @@ EXTRA_TOKENS = 8
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
+# A final's words aligned to start this close to the end of the audio, or later, are dropped:
+# the decoder sometimes repeats the utterance into the padding after it.
+ECHO_MARGIN_S = 0.1
 # Noise gate: webrtcvad lets some noise and music through; an utterance where Silero VAD (shipped in
 # faster-whisper) finds speech in less than half of the audio is not decoded. Per utterance, the
 # speech-dev speech scored >= 0.85 and its noise clips <= 0.43.
@@ -169,7 +173,10 @@ class WhisperRecognizer:
     async def decode(self, request: WindowRequest, *, final: bool, deadline: float) -> WindowResult:
         # A partial not started by its deadline is stale (a newer one is due): it may be skipped.
         return await self._batches.submit(
-            request, priority=FINAL if final else PARTIAL, deadline=deadline, expires=not final
+            replace(request, final=final),
+            priority=FINAL if final else PARTIAL,
+            deadline=deadline,
+            expires=not final,
         )
 
     @property
@@ -256,7 +263,8 @@ class WhisperRecognizer:
             suppress_tokens=suppress,
         )
         results = []
-        wants_words = [i for i, r in enumerate(requests) if r.options.word_timestamps]
+        # Finals are aligned too: words the decoder placed in the padding are echoes, not speech.
+        wants_words = [i for i, r in enumerate(requests) if r.options.word_timestamps or r.final]
         alignments: dict[int, list[dict[str, Any]]] = {}
         if wants_words:
             best = [list(outputs[i].sequences_ids[0]) for i in range(len(requests))]
@@ -282,7 +290,14 @@ class WhisperRecognizer:
                     return WindowResult((), rejected="repetition", no_speech_prob=no_speech)
             if not text:
                 continue
-            word_list = _words(words, request.audio.size / _SAMPLE_RATE_HZ) if k == 0 and words else ()
+            word_list: tuple[Word, ...] = ()
+            if k == 0 and words:
+                audio_s = request.audio.size / _SAMPLE_RATE_HZ
+                spoken = _spoken(words, audio_s - ECHO_MARGIN_S)
+                if request.final and 0 < len(spoken) < len(words):
+                    text = "".join(str(w["word"]) for w in spoken).strip()
+                    words = spoken
+                word_list = _words(words, audio_s) if request.options.word_timestamps else ()
             alternatives.append(
                 Alternative(text=text, confidence=math.exp(min(0.0, avg_logprob)), words=word_list)
             )
@@ -356,3 +371,15 @@ def _speech_ratio(audio: npt.NDArray[np.float32]) -> float:
         return 0.0
     spans = get_speech_timestamps(audio, VadOptions(threshold=0.5))
     return sum(int(s["end"]) - int(s["start"]) for s in spans) / audio.size
+
+
+def _spoken(aligned: list[dict[str, Any]], until_s: float) -> list[dict[str, Any]]:
+    """The aligned words that start before until_s; punctuation stays with the word it follows."""
+    kept: list[dict[str, Any]] = []
+    keep = True
+    for item in aligned:
+        if any(c.isalnum() for c in str(item["word"])):
+            keep = float(item["start"]) < until_s
+        if keep:
+            kept.append(item)
+    return kept
