@@ -263,11 +263,16 @@ class WhisperRecognizer:
             suppress_tokens=suppress,
         )
         results = []
-        # Finals are aligned too: words the decoder placed in the padding are echoes, not speech.
-        wants_words = [i for i, r in enumerate(requests) if r.options.word_timestamps or r.final]
+        best = [list(output.sequences_ids[0]) for output in outputs]
+        # A final that repeats itself is aligned too: words the decoder placed in the padding are an
+        # echo of the utterance, not speech. (Aligning every final cost ~18 ms of latency.)
+        wants_words = [
+            i
+            for i, r in enumerate(requests)
+            if r.options.word_timestamps or (r.final and _repeats(tokenizer.decode(best[i])))
+        ]
         alignments: dict[int, list[dict[str, Any]]] = {}
         if wants_words:
-            best = [list(outputs[i].sequences_ids[0]) for i in range(len(requests))]
             aligned = model.whisper.find_alignment(tokenizer, best, encoded, frames)
             alignments = {i: aligned[i] for i in wants_words}
         for i, (request, output) in enumerate(zip(requests, outputs, strict=True)):
@@ -383,3 +388,10 @@ def _spoken(aligned: list[dict[str, Any]], until_s: float) -> list[dict[str, Any
         if keep:
             kept.append(item)
     return kept
+
+
+def _repeats(text: str, n: int = 3) -> bool:
+    """Whether some run of n words occurs twice (echoes into the padding repeat earlier words)."""
+    words = [w.strip(".,!?;:\"'").lower() for w in text.split()]
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) < len(grams)
