@@ -230,11 +230,10 @@ class WhisperRecognizer:
         model = self._model(options.tier)
         tokenizer, suppress = model.tokenizer(options.language)
         window = max(self._window(r.audio, r.options.tier) for r in requests)
-        padded = np.zeros((len(requests), window), np.float32)
-        for i, r in enumerate(requests):
-            clip = r.audio[: window - int(WINDOW_PAD_S * _SAMPLE_RATE_HZ)]
-            padded[i, : clip.size] = clip
-        features = np.stack([model.whisper.feature_extractor(row, padding=0) for row in padded])
+        keep = window - int(WINDOW_PAD_S * _SAMPLE_RATE_HZ)
+        features = np.stack(
+            [_features(model.whisper.feature_extractor, r.audio[:keep], window) for r in requests]
+        )
         frames = features.shape[-1] - features.shape[-1] % 2
         encoded = model.whisper.encode(np.ascontiguousarray(features[:, :, :frames]))
         context = self._context_tokens(model, options)
@@ -395,3 +394,23 @@ def _repeats(text: str, n: int = 3) -> bool:
     words = [w.strip(".,!?;:\"'").lower() for w in text.split()]
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return len(set(grams)) < len(grams)
+
+
+_HOP = 160  # samples per feature frame
+_MARGIN = 1600  # silence computed after the audio, so no frame near the cut sees the cut
+
+
+def _features(extractor: Any, audio: npt.NDArray[np.float32], window: int) -> npt.NDArray[np.float32]:
+    """Log-mel features of audio zero-padded to ``window`` samples, equal to extracting the padded
+    window, but the STFT only runs over the audio: every frame of pure padding sits at the floor,
+    max(-1.5, max - 2) after Whisper's normalisation."""
+    used = min(window, audio.size + _MARGIN)
+    part = np.zeros(used, np.float32)
+    part[: audio.size] = audio
+    head = np.asarray(extractor(part, padding=0), dtype=np.float32)
+    if used == window:
+        return head
+    out = np.full((head.shape[0], window // _HOP), max(-1.5, float(head.max()) - 2.0), np.float32)
+    computed = head.shape[-1] - 3
+    out[:, :computed] = head[:, :computed]
+    return out
