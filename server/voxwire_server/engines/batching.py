@@ -33,6 +33,7 @@ class _Entry(Generic[J, R]):
     job: J = field(compare=False)
     future: asyncio.Future[R] = field(compare=False)
     loop: asyncio.AbstractEventLoop = field(compare=False)
+    kind: Hashable = field(default=None, compare=False)
     expires: bool = field(default=False, compare=False)
     abandoned: bool = field(default=False, compare=False)
 
@@ -89,7 +90,7 @@ class BatchWorker(Generic[J, R]):
         """``deadline`` is a time.monotonic() value."""
         loop = asyncio.get_running_loop()
         entry: _Entry[J, R] = _Entry(
-            priority, deadline, next(self._seq), job, loop.create_future(), loop, expires=expires
+            priority, deadline, next(self._seq), job, loop.create_future(), loop, self._key(job), expires
         )
         with self._cond:
             if self._closed:
@@ -124,7 +125,7 @@ class BatchWorker(Generic[J, R]):
                     break
                 self._cond.wait()
             top = self._heap[0]
-            kind = self._key(top.job)
+            kind = top.kind
             limit = self._max_partial_batch if top.priority == PARTIAL else self._max_batch
             give_up_at = time.monotonic() + self._max_wait_s
             while self._count(kind) < limit and not self._closed:
@@ -142,7 +143,7 @@ class BatchWorker(Generic[J, R]):
                 elif entry.expires and entry.deadline < now:
                     self.jobs_expired += 1
                     entry.loop.call_soon_threadsafe(_resolve, entry.future, Expired())
-                elif self._key(entry.job) == kind:
+                elif entry.kind == kind:
                     batch.append(entry)
                 else:
                     rest.append(entry)
@@ -151,7 +152,7 @@ class BatchWorker(Generic[J, R]):
             return batch
 
     def _count(self, kind: Hashable) -> int:
-        return sum(1 for e in self._heap if not e.abandoned and self._key(e.job) == kind)
+        return sum(1 for e in self._heap if not e.abandoned and e.kind == kind)
 
     def _loop(self) -> None:
         while (batch := self._take_batch()) is not None:
