@@ -189,3 +189,12 @@ def test_bad_requests_do_not_disturb_a_running_stream(
     assert "error" not in outcome, outcome
     assert wer([(clip.text, str(outcome["text"]))]) <= 0.15, outcome
     assert client.health() == "SERVING"
+
+
+def test_synthesize_stream_rejects_bad_requests(client: Client) -> None:
+    with pytest.raises(InvalidArgumentError, match="text is empty"):
+        list(client.synthesize_stream(""))
+    with pytest.raises(NotFoundError, match="unknown voice"):
+        list(client.synthesize_stream("hello", voice="nobody"))
+    with pytest.raises(UnimplementedError, match="SSML input"):
+        list(client.synthesize_stream(ssml="<speak>hi</speak>"))
