@@ -58,6 +58,7 @@ def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthe
         accurate_beam_size=config.asr_accurate_beam_size,
         max_batch=config.max_batch,
         max_batch_wait_ms=config.max_batch_wait_ms,
+        max_partial_batch=config.max_partial_batch,
     )
     synthesizer = HibariSynthesizer(config.tts_voice, threads=config.tts_threads)
     recognizer.warm_up()

@@ -37,6 +37,9 @@ class ServerConfig:
     )
     max_batch: int = _opt(8, "windows decoded together in one batch (across streams)")
     max_batch_wait_ms: float = _opt(10.0, "how long the decoder waits for a batch to fill")
+    max_partial_batch: int = _opt(
+        1, "partial windows decoded together (small: a final arriving meanwhile waits for less)"
+    )
     tts_voice: str = _opt("heart", "default hibari voice (only voices present offline are served)")
     tts_threads: int = _opt(1, "onnxruntime threads for synthesis")
     max_message_mb: int = _opt(32, "largest gRPC message accepted (a whole clip for Recognize)")
@@ -91,6 +94,7 @@ class ServerConfig:
             "max_text_chars": self.max_text_chars,
             "partial_interval_ms": self.partial_interval_ms,
             "max_batch": self.max_batch,
+            "max_partial_batch": self.max_partial_batch,
             "silence_ms": self.silence_ms,
             "max_utterance_s": self.max_utterance_s,
             "min_speech_ms": self.min_speech_ms,

@@ -116,3 +116,25 @@ async def test_stale_partials_expire_instead_of_running_and_partial_batches_are_
         worker.close()
     assert recorder.batches == [["first"], ["p0", "p1"], ["p2"]]
     assert worker.jobs_expired == 1
+
+
+async def test_finals_do_not_share_a_batch_with_partials() -> None:
+    recorder = Recorder()
+    worker: BatchWorker[str, str] = BatchWorker(
+        recorder, key=lambda j: 0, max_batch=8, max_wait_s=0.0, name="t"
+    )
+    try:
+        blocker = asyncio.create_task(worker.submit("first", priority=FINAL, deadline=0))
+        await asyncio.to_thread(recorder.entered.wait, 30)
+        jobs = [
+            asyncio.create_task(worker.submit("partial-a", priority=PARTIAL, deadline=0)),
+            asyncio.create_task(worker.submit("final", priority=FINAL, deadline=5)),
+            asyncio.create_task(worker.submit("partial-b", priority=PARTIAL, deadline=1)),
+        ]
+        await asyncio.sleep(0)
+        recorder.gate.set()
+        await asyncio.gather(blocker, *jobs)
+    finally:
+        recorder.gate.set()
+        worker.close()
+    assert recorder.batches == [["first"], ["final"], ["partial-a", "partial-b"]]

@@ -48,12 +48,13 @@ def _resolve(future: asyncio.Future[R], result: R | BaseException) -> None:
 
 
 class BatchWorker(Generic[J, R]):
-    """Jobs with the same ``key`` can share a batch. The worker takes the most urgent job (priority,
-    then earliest deadline), waits up to ``max_wait_s`` for up to ``max_batch - 1`` more of its kind,
-    and runs them together; batches of PARTIAL jobs hold at most ``max_partial_batch`` so a final
-    arriving meanwhile waits little. A job whose awaiting task was cancelled is skipped if it has not
-    started, and so is a job submitted with ``expires=True`` whose deadline has passed (it fails with
-    :class:`Expired`): under overload, stale partials give way instead of piling up."""
+    """Jobs with the same ``key`` and priority share batches (a final is never slowed down by partials
+    batched with it). The worker takes the most urgent job (priority, then earliest deadline), waits
+    up to ``max_wait_s`` for up to ``max_batch - 1`` more of its kind, and runs them together.
+    Batches of PARTIAL jobs hold at most ``max_partial_batch``, so a final arriving meanwhile waits
+    little. A job whose awaiting task was cancelled is skipped if it has not started, and so is a job
+    submitted with ``expires=True`` whose deadline has passed (it fails with :class:`Expired`): under
+    overload, stale partials give way instead of piling up."""
 
     def __init__(
         self,
@@ -128,7 +129,7 @@ class BatchWorker(Generic[J, R]):
             kind = top.kind
             limit = self._max_partial_batch if top.priority == PARTIAL else self._max_batch
             give_up_at = time.monotonic() + self._max_wait_s
-            while self._count(kind) < limit and not self._closed:
+            while self._count(kind, top.priority) < limit and not self._closed:
                 remaining = give_up_at - time.monotonic()
                 if remaining <= 0:
                     break
@@ -143,7 +144,7 @@ class BatchWorker(Generic[J, R]):
                 elif entry.expires and entry.deadline < now:
                     self.jobs_expired += 1
                     entry.loop.call_soon_threadsafe(_resolve, entry.future, Expired())
-                elif entry.kind == kind:
+                elif entry.kind == kind and entry.priority == top.priority:
                     batch.append(entry)
                 else:
                     rest.append(entry)
@@ -151,8 +152,8 @@ class BatchWorker(Generic[J, R]):
                 heapq.heappush(self._heap, entry)
             return batch
 
-    def _count(self, kind: Hashable) -> int:
-        return sum(1 for e in self._heap if not e.abandoned and e.kind == kind)
+    def _count(self, kind: Hashable, priority: int) -> int:
+        return sum(1 for e in self._heap if not e.abandoned and e.kind == kind and e.priority == priority)
 
     def _loop(self) -> None:
         while (batch := self._take_batch()) is not None:

@@ -127,6 +127,7 @@ class WhisperRecognizer:
         accurate_beam_size: int = 5,
         max_batch: int = 8,
         max_batch_wait_ms: float = 10.0,
+        max_partial_batch: int = 1,
     ) -> None:
         def load(path: str, name: str) -> _LoadedModel:
             return _LoadedModel(path, name, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
@@ -148,7 +149,7 @@ class WhisperRecognizer:
             max_batch=max_batch,
             max_wait_s=max_batch_wait_ms / 1000,
             name="asr-batch",
-            max_partial_batch=max(1, max_batch // 2),
+            max_partial_batch=max_partial_batch,
         )
 
     def _model(self, tier: Tier) -> _LoadedModel:
