@@ -48,6 +48,10 @@ ECHO_MARGIN_S = 0.1
 # faster-whisper) finds speech in less than half of the audio is not decoded. Per utterance, the
 # speech-dev speech scored >= 0.85 and its noise clips <= 0.43.
 MIN_SPEECH_RATIO = 0.5
+# Silero costs ~3 ms per second of audio, so it only checks answers that look doubtful.
+DOUBT_CONFIDENCE = 0.75
+DOUBT_NO_SPEECH = 0.2
+DOUBT_WORDS_PER_S = 1.2
 _PUNCTUATION = set(".,!?;:…\"'”“’‘)]}")
 
 
@@ -217,14 +221,14 @@ class WhisperRecognizer:
         return int(seconds * _SAMPLE_RATE_HZ)
 
     def _decode_windows(self, requests: list[WindowRequest]) -> list[WindowResult]:
-        """Runs on the batching worker: a speech check, then one encode and one generate for the batch."""
-        results: list[WindowResult | None] = [
-            None if _speech_ratio(r.audio) >= MIN_SPEECH_RATIO else WindowResult((), rejected="no_speech")
-            for r in requests
+        """Runs on the batching worker: one encode and one generate for the batch, then Silero's
+        speech check for the answers that look like they may not be speech."""
+        return [
+            WindowResult((), rejected="no_speech", no_speech_prob=result.no_speech_prob)
+            if _doubtful(result, request) and _speech_ratio(request.audio) < MIN_SPEECH_RATIO
+            else result
+            for request, result in zip(requests, self._decode_speech(requests), strict=True)
         ]
-        speech = [r for r, result in zip(requests, results, strict=True) if result is None]
-        decoded = iter(self._decode_speech(speech) if speech else [])
-        return [result if result is not None else next(decoded) for result in results]
 
     def _decode_speech(self, requests: list[WindowRequest]) -> list[WindowResult]:
         options = requests[0].options
@@ -366,6 +370,20 @@ def _words(aligned: list[dict[str, Any]], audio_s: float) -> tuple[Word, ...]:
         if text:
             words.append(Word(text, start, max(start, end), float(item["probability"])))
     return tuple(words)
+
+
+def _doubtful(result: WindowResult, request: WindowRequest) -> bool:
+    """Whether an answer needs the speech check: unsure, possibly no speech, or too few words for
+    the audio (music decoded as "1, 2, 3, 4" over 9 s)."""
+    if not result.alternatives:
+        return False
+    best = result.alternatives[0]
+    words_per_s = len(best.text.split()) / max(request.audio.size / _SAMPLE_RATE_HZ, 0.5)
+    return (
+        best.confidence < DOUBT_CONFIDENCE
+        or result.no_speech_prob > DOUBT_NO_SPEECH
+        or words_per_s < DOUBT_WORDS_PER_S
+    )
 
 
 def _speech_ratio(audio: npt.NDArray[np.float32]) -> float:
