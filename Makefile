@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create or update .venv with the server, client and dev tools
 
-serve: $(STAMP) ## Set up and run the server on $(LISTEN) (embedded models, no external services)
+serve: $(STAMP) ## Set up and run the server on 127.0.0.1:50051 (LISTEN=HOST:PORT to change)
 	$(VENV)/bin/voxwire-server --listen $(LISTEN)
 
 test: $(STAMP) ## Set up and run lint, type checks and all tests
