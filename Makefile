@@ -41,6 +41,7 @@ proto: $(STAMP) ## Regenerate client/voxwire/v1 from protos/
 bench: $(STAMP) ## Run the benchmarks (loopback only, bounded)
 	$(PY) benchmarks/recognize_latency.py
 	$(PY) benchmarks/asr_load.py
+	$(PY) benchmarks/batch_scaling.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
