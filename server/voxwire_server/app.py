@@ -30,6 +30,7 @@ def build_runtime(config: ServerConfig) -> Runtime:
             queue_chunks=config.stream_queue_chunks,
             partial_interval_ms=config.partial_interval_ms,
             escalation_confidence=config.escalation_confidence,
+            escalation_max_waiting=config.escalation_max_waiting,
             on_escalation=telemetry.escalations.inc,
         ),
         synthesis_limits=SynthesisLimits(max_text_chars=config.max_text_chars),

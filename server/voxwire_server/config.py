@@ -35,6 +35,9 @@ class ServerConfig:
     escalation_confidence: float = _opt(
         0.5, "fast-tier finals under this confidence are re-decoded on the accurate tier (0 = never)"
     )
+    escalation_max_waiting: int = _opt(
+        0, "escalation is skipped while more than this many finals wait for the decoder"
+    )
     max_batch: int = _opt(8, "windows decoded together in one batch (across streams)")
     max_batch_wait_ms: float = _opt(10.0, "how long the decoder waits for a batch to fill")
     max_partial_batch: int = _opt(
@@ -106,6 +109,8 @@ class ServerConfig:
             raise ConfigError("max_utterance_s must be at most 29 (the Whisper window, less padding)")
         if not 0 <= self.escalation_confidence <= 1:
             raise ConfigError("escalation_confidence must be 0..1")
+        if self.escalation_max_waiting < 0:
+            raise ConfigError("escalation_max_waiting must not be negative")
         if self.max_batch_wait_ms < 0:
             raise ConfigError("max_batch_wait_ms must not be negative")
         if self.shutdown_grace_s < 0:

@@ -44,6 +44,7 @@ class ScriptedRecognizer:
         self.started = asyncio.Event()
         self.requests: list[WindowRequest] = []
         self.confidence = 0.9
+        self.waiting_finals = 0
 
     def check_language(self, language: str) -> str:
         if language != "en":
@@ -65,6 +66,9 @@ class ScriptedRecognizer:
         prefix = request.prefix.split()
         text = " ".join([*prefix, *words[len(prefix) :]]) or "hm"
         return WindowResult((Alternative(text, self.confidence),))
+
+    def pending_finals(self) -> int:
+        return self.waiting_finals
 
     def close(self) -> None:
         pass
@@ -230,3 +234,20 @@ async def test_low_confidence_finals_escalate_to_the_accurate_tier() -> None:
     assert [f.tier for f in finals] == [Tier.ACCURATE, Tier.ACCURATE]
     assert len(escalations) == 2
     assert [r.options.tier for r in recognizer.requests] == [Tier.FAST, Tier.ACCURATE] * 2
+
+
+async def test_escalation_waits_for_spare_capacity() -> None:
+    recognizer = ScriptedRecognizer()
+    recognizer.confidence = 0.2
+    recognizer.waiting_finals = 3  # other streams' finals are queued
+    updates: list[StreamUpdate] = []
+
+    async def emit(update: StreamUpdate) -> None:
+        updates.append(update)
+
+    limits = RecognitionLimits(escalation_confidence=0.5, escalation_max_waiting=0)
+    stream = RecognitionStream(StreamStart(options()), recognizer, lambda a: EnergyVad(), limits, emit)
+    await stream.run(feed(TWO_UTTERANCES))
+    finals = [u.payload for u in updates if isinstance(u.payload, Result)]
+    assert [f.tier for f in finals] == [Tier.FAST, Tier.FAST]
+    assert [r.options.tier for r in recognizer.requests] == [Tier.FAST, Tier.FAST]

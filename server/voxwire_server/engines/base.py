@@ -32,6 +32,10 @@ class SpeechRecognizer(Protocol):
         """One utterance of at most ~29 s, batched with other streams' work; finals go first."""
         ...
 
+    def pending_finals(self) -> int:
+        """Finals waiting for the decoder: a measure of how busy it is."""
+        ...
+
     def close(self) -> None: ...
 
 

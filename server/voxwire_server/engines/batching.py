@@ -87,6 +87,10 @@ class BatchWorker(Generic[J, R]):
         with self._cond:
             return sum(not e.abandoned for e in self._heap)
 
+    def pending_at(self, priority: int) -> int:
+        with self._cond:
+            return sum(not e.abandoned and e.priority == priority for e in self._heap)
+
     async def submit(self, job: J, *, priority: int, deadline: float, expires: bool = False) -> R:
         """``deadline`` is a time.monotonic() value."""
         loop = asyncio.get_running_loop()

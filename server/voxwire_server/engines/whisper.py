@@ -184,6 +184,9 @@ class WhisperRecognizer:
             expires=not final,
         )
 
+    def pending_finals(self) -> int:
+        return self._batches.pending_at(FINAL)
+
     @property
     def batching(self) -> BatchWorker[WindowRequest, WindowResult]:
         return self._batches

@@ -62,6 +62,8 @@ class RecognitionLimits:
     partial_interval_ms: int = 500
     # Finals of the fast tier under this confidence are re-decoded on the accurate tier (0: never).
     escalation_confidence: float = 0.0
+    # ... unless more than this many finals are waiting for the decoder.
+    escalation_max_waiting: int = 0
     on_escalation: Callable[[], None] | None = None
 
 
@@ -325,10 +327,15 @@ async def decode_final(
     limits: RecognitionLimits,
 ) -> tuple[WindowResult, Tier]:
     """Decodes an utterance; a fast-tier answer under the confidence threshold is re-decoded on the
-    accurate tier."""
+    accurate tier, unless other finals are already waiting for the decoder (escalation spends spare
+    capacity; it must not make other streams fall behind)."""
     decoded = await recognizer.decode(WindowRequest(audio, options), final=True, deadline=time.monotonic())
     confidence = decoded.alternatives[0].confidence if decoded.alternatives else 1.0
-    if options.tier is Tier.FAST and confidence < limits.escalation_confidence:
+    if (
+        options.tier is Tier.FAST
+        and confidence < limits.escalation_confidence
+        and recognizer.pending_finals() <= limits.escalation_max_waiting
+    ):
         accurate = replace(options, tier=Tier.ACCURATE)
         second = await recognizer.decode(
             WindowRequest(audio, accurate), final=True, deadline=time.monotonic()
