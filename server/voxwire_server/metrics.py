@@ -21,9 +21,6 @@ class Telemetry:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter(
-            "voxwire_requests", "RPCs by method and status code", ["method", "code"], registry=r
-        )
         self.streams = Gauge("voxwire_active_streams", "recognition streams in progress", registry=r)
         self.final_latency = Histogram(
             "voxwire_asr_final_latency_seconds",

@@ -155,9 +155,8 @@ class StreamDecoder:
             if fmt.channels not in (0, 1, 2):
                 check_pcm_format(ASR_SAMPLE_RATE_HZ, fmt.channels)
             self._container = open_container_stream(fmt, ASR_SAMPLE_RATE_HZ)
-        elif fmt.channels not in (0, 1, 2) or (
-            fmt.sample_rate_hz and fmt.sample_rate_hz not in INPUT_SAMPLE_RATES_HZ
-        ):
+        elif fmt.sample_rate_hz or fmt.channels:
+            # WAV: the header tells the format; declared values must at least be valid ones.
             check_pcm_format(fmt.sample_rate_hz or ASR_SAMPLE_RATE_HZ, fmt.channels or 1)
 
     def _start_pcm(self, sample_rate_hz: int, channels: int) -> None:

@@ -87,25 +87,20 @@ def check_options(recognizer: SpeechRecognizer, options: RecognitionOptions) -> 
         raise InvalidInput(f"min_speech_ms must be 10..2000, got {e.min_speech_ms}")
 
 
-def segments_to_results(
-    segments: list[Segment], *, offset_samples: int, tier: Tier, latency_ms: float, first_index: int = 0
-) -> list[Result]:
-    offset_s = offset_samples / ASR_SAMPLE_RATE_HZ
-    results = []
-    for i, seg in enumerate(segments):
-        alternatives = tuple(_shift(a, offset_s) for a in seg.alternatives)
-        results.append(
-            Result(
-                alternatives=alternatives,
-                is_final=True,
-                utterance_index=first_index + i,
-                start_ms=round((offset_s + seg.start_s) * 1000),
-                end_ms=round((offset_s + seg.end_s) * 1000),
-                tier=tier,
-                processing_latency_ms=latency_ms,
-            )
+def segments_to_results(segments: list[Segment], *, tier: Tier, latency_ms: float) -> list[Result]:
+    """faster-whisper's segments of a long clip, one final each."""
+    return [
+        Result(
+            alternatives=seg.alternatives,
+            is_final=True,
+            utterance_index=i,
+            start_ms=round(seg.start_s * 1000),
+            end_ms=round(seg.end_s * 1000),
+            tier=tier,
+            processing_latency_ms=latency_ms,
         )
-    return results
+        for i, seg in enumerate(segments)
+    ]
 
 
 def _shift(alt: Alternative, offset_s: float) -> Alternative:
@@ -137,9 +132,7 @@ async def recognize_clip(
     if duration_s > MAX_WINDOW_AUDIO_S:
         segments = await recognizer.transcribe(samples, options.decode)
         latency_ms = (time.perf_counter() - started) * 1000
-        return segments_to_results(
-            segments, offset_samples=0, tier=options.decode.tier, latency_ms=latency_ms
-        ), duration_ms
+        return segments_to_results(segments, tier=options.decode.tier, latency_ms=latency_ms), duration_ms
     endpointer = Endpointer(vad_factory(options.endpointing.vad_aggressiveness), options.endpointing)
     pcm = float_to_pcm16(samples)
     utterances = [e for e in endpointer.push(pcm) + endpointer.flush() if isinstance(e, UtteranceEnded)]
