@@ -50,6 +50,7 @@ def build_runtime(config: ServerConfig) -> Runtime:
 
 def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthesizer]:
     tune_allocator()
+    log.info("ASR decoder workers: %d", config.effective_asr_workers)
     recognizer = WhisperRecognizer(
         config.asr_model,
         accurate_model_path=config.asr_accurate_model,
@@ -60,6 +61,7 @@ def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthe
         max_batch=config.max_batch,
         max_batch_wait_ms=config.max_batch_wait_ms,
         max_partial_batch=config.max_partial_batch,
+        workers=config.effective_asr_workers,
     )
     synthesizer = HibariSynthesizer(config.tts_voice, threads=config.tts_threads)
     recognizer.warm_up()

@@ -14,6 +14,9 @@ from voxwire_server.errors import ConfigError
 # Sample rates accepted for raw PCM input and offered for synthesized output.
 INPUT_SAMPLE_RATES_HZ = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 OUTPUT_SAMPLE_RATES_HZ = (8000, 16000, 22050, 24000, 48000)
+# Decoder workers when asr_workers is 0: one per usable core, at most this many (the event loop,
+# VAD and synthesis need some CPU too).
+MAX_AUTO_ASR_WORKERS = 4
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -29,7 +32,10 @@ class ServerConfig:
     )
     asr_compute_type: str = _opt("int8", "CTranslate2 compute type (int8, int8_float32, float32, ...)")
     asr_device: str = _opt("cpu", "cpu or cuda")
-    asr_cpu_threads: int = _opt(1, "threads for the ASR model (the math gains nothing from a second vCPU)")
+    asr_cpu_threads: int = _opt(1, "threads inside each ASR decode (more workers scale better than threads)")
+    asr_workers: int = _opt(
+        0, "ASR decoder workers, each with its own model replica (0 = one per usable CPU core, at most 4)"
+    )
     asr_accurate_beam_size: int = _opt(5, "beam size of the accurate model tier")
     asr_default_tier: str = _opt("fast", "tier used when a request leaves it unspecified: fast or accurate")
     escalation_confidence: float = _opt(
@@ -63,6 +69,15 @@ class ServerConfig:
     shutdown_grace_s: float = _opt(10.0, "time given to running calls on SIGTERM before they are cancelled")
     metrics_listen: str = _opt("", "HOST:PORT for Prometheus metrics over HTTP ('' = off)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def effective_asr_workers(self) -> int:
+        """asr_workers, with 0 resolved: one per core on the CPU (capped), one on a GPU."""
+        if self.asr_workers:
+            return self.asr_workers
+        if self.asr_device != "cpu":
+            return 1
+        return max(1, min(MAX_AUTO_ASR_WORKERS, len(os.sched_getaffinity(0)) // self.asr_cpu_threads))
 
     def validate(self) -> ServerConfig:
         host, sep, port = self.listen.rpartition(":")
@@ -109,6 +124,8 @@ class ServerConfig:
             raise ConfigError("max_utterance_s must be at most 29 (the Whisper window, less padding)")
         if not 0 <= self.escalation_confidence <= 1:
             raise ConfigError("escalation_confidence must be 0..1")
+        if self.asr_workers < 0:
+            raise ConfigError("asr_workers must not be negative")
         if self.escalation_max_waiting < 0:
             raise ConfigError("escalation_max_waiting must not be negative")
         if self.max_batch_wait_ms < 0:

@@ -138,3 +138,73 @@ async def test_finals_do_not_share_a_batch_with_partials() -> None:
         recorder.gate.set()
         worker.close()
     assert recorder.batches == [["first"], ["final"], ["partial-a", "partial-b"]]
+
+
+class Gates:
+    """A batch function whose calls each wait for their own gate: several workers can be held at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: list[list[str]] = []
+        self.started = threading.Semaphore(0)
+        self.release: dict[str, threading.Event] = {}
+
+    def gate(self, job: str) -> threading.Event:
+        with self.lock:
+            return self.release.setdefault(job, threading.Event())
+
+    def __call__(self, jobs: list[str]) -> list[str]:
+        with self.lock:
+            self.running.append(list(jobs))
+        self.started.release()
+        self.gate(jobs[0]).wait(timeout=30)
+        return [job.upper() for job in jobs]
+
+
+async def test_workers_run_batches_side_by_side() -> None:
+    gates = Gates()
+    worker: BatchWorker[str, str] = BatchWorker(
+        gates, key=lambda j: j, max_batch=4, max_wait_s=0.0, name="t", workers=2
+    )
+    try:
+        a = asyncio.create_task(worker.submit("a", priority=FINAL, deadline=0))
+        b = asyncio.create_task(worker.submit("b", priority=FINAL, deadline=1))
+        for _ in range(2):  # both start before either is released
+            assert await asyncio.to_thread(gates.started.acquire, True, 30)
+        assert sorted(map(tuple, gates.running)) == [("a",), ("b",)]
+        gates.gate("b").set()
+        assert await b == "B"
+        gates.gate("a").set()
+        assert await a == "A"
+    finally:
+        for job in ("a", "b"):
+            gates.gate(job).set()
+        worker.close()
+    assert worker.workers == 2
+
+
+async def test_with_two_workers_one_stays_free_of_partials_for_finals() -> None:
+    gates = Gates()
+    worker: BatchWorker[str, str] = BatchWorker(
+        gates, key=lambda j: j, max_batch=4, max_wait_s=0.0, name="t", workers=2
+    )
+    try:
+        p1 = asyncio.create_task(worker.submit("p1", priority=PARTIAL, deadline=0))
+        assert await asyncio.to_thread(gates.started.acquire, True, 30)
+        # A second partial must wait although a worker is idle: that worker is kept for finals.
+        p2 = asyncio.create_task(worker.submit("p2", priority=PARTIAL, deadline=1))
+        final = asyncio.create_task(worker.submit("f", priority=FINAL, deadline=2))
+        assert await asyncio.to_thread(gates.started.acquire, True, 30)
+        assert gates.running == [["p1"], ["f"]]
+        gates.gate("f").set()
+        assert await final == "F"
+        assert not p2.done()
+        gates.gate("p1").set()
+        assert await p1 == "P1"
+        gates.gate("p2").set()
+        assert await p2 == "P2"
+    finally:
+        for job in ("p1", "p2", "f"):
+            gates.gate(job).set()
+        worker.close()
+    assert gates.running == [["p1"], ["f"], ["p2"]]

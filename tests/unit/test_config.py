@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from voxwire_server.config import ServerConfig, load_config
+from voxwire_server.config import MAX_AUTO_ASR_WORKERS, ServerConfig, load_config
 from voxwire_server.errors import ConfigError
 
 
@@ -30,6 +32,7 @@ def test_flags_win_over_environment() -> None:
         (["--asr-model", "/does/not/exist"], "not a CTranslate2 model directory"),
         (["--asr-default-tier", "huge"], "fast or accurate"),
         (["--max-streams", "0"], "max_streams must be positive"),
+        (["--asr-workers", "-1"], "asr_workers must not be negative"),
     ],
 )
 def test_bad_values_raise_config_error(argv: list[str], message: str) -> None:
@@ -40,3 +43,10 @@ def test_bad_values_raise_config_error(argv: list[str], message: str) -> None:
 def test_bad_environment_value_is_reported_by_name() -> None:
     with pytest.raises(ConfigError, match="max_clip_s"):
         load_config([], environ={"VOXWIRE_MAX_CLIP_S": "ten"})
+
+
+def test_asr_workers_default_to_one_per_usable_core_on_the_cpu() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert ServerConfig().effective_asr_workers == max(1, min(MAX_AUTO_ASR_WORKERS, cores))
+    assert ServerConfig(asr_workers=3).effective_asr_workers == 3
+    assert ServerConfig(asr_device="cuda").effective_asr_workers == 1

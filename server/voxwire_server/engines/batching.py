@@ -1,4 +1,4 @@
-"""One worker thread that runs jobs in batches, most urgent first, and drops jobs nobody awaits."""
+"""Worker threads that run jobs in batches, most urgent first, and drop jobs nobody awaits."""
 
 from __future__ import annotations
 
@@ -54,7 +54,10 @@ class BatchWorker(Generic[J, R]):
     Batches of PARTIAL jobs hold at most ``max_partial_batch``, so a final arriving meanwhile waits
     little. A job whose awaiting task was cancelled is skipped if it has not started, and so is a job
     submitted with ``expires=True`` whose deadline has passed (it fails with :class:`Expired`): under
-    overload, stale partials give way instead of piling up."""
+    overload, stale partials give way instead of piling up. ``workers`` threads take batches from the
+    same queue, each the most urgent work left, so ``run_batch`` must be safe to call concurrently. With
+    more than one worker, at most ``workers - 1`` of them run partials at a time: a final never waits
+    behind partials for a worker."""
 
     def __init__(
         self,
@@ -65,7 +68,10 @@ class BatchWorker(Generic[J, R]):
         max_wait_s: float,
         name: str,
         max_partial_batch: int | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self._run_batch = run_batch
         self._key = key
         self._max_batch = max_batch
@@ -79,8 +85,18 @@ class BatchWorker(Generic[J, R]):
         self.jobs_run = 0
         self.jobs_dropped = 0
         self.jobs_expired = 0
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._max_partial_running = max(1, workers - 1)
+        self._partial_running = 0
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}" if workers > 1 else name, daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
 
     @property
     def pending(self) -> int:
@@ -101,7 +117,7 @@ class BatchWorker(Generic[J, R]):
             if self._closed:
                 raise RuntimeError("the worker is closed")
             heapq.heappush(self._heap, entry)
-            self._cond.notify()
+            self._cond.notify_all()
         try:
             return await entry.future
         except asyncio.CancelledError:
@@ -116,45 +132,64 @@ class BatchWorker(Generic[J, R]):
                     entry.loop.call_soon_threadsafe(entry.future.cancel)
             self._heap.clear()
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
     def _take_batch(self) -> list[_Entry[J, R]] | None:
         with self._cond:
             while True:
-                while self._heap and self._heap[0].abandoned:
-                    heapq.heappop(self._heap)
-                    self.jobs_dropped += 1
-                if self._closed:
+                top = self._most_urgent()
+                if top is None:
                     return None
-                if self._heap:
-                    break
-                self._cond.wait()
-            top = self._heap[0]
-            kind = top.kind
-            limit = self._max_partial_batch if top.priority == PARTIAL else self._max_batch
-            give_up_at = time.monotonic() + self._max_wait_s
-            while self._count(kind, top.priority) < limit and not self._closed:
-                remaining = give_up_at - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            batch: list[_Entry[J, R]] = []
-            rest: list[_Entry[J, R]] = []
-            now = time.monotonic()
-            while self._heap and len(batch) < limit:
-                entry = heapq.heappop(self._heap)
-                if entry.abandoned:
-                    self.jobs_dropped += 1
-                elif entry.expires and entry.deadline < now:
-                    self.jobs_expired += 1
-                    entry.loop.call_soon_threadsafe(_resolve, entry.future, Expired())
-                elif entry.kind == kind and entry.priority == top.priority:
-                    batch.append(entry)
-                else:
-                    rest.append(entry)
-            for entry in rest:
-                heapq.heappush(self._heap, entry)
-            return batch
+                kind, priority = top.kind, top.priority
+                limit = self._max_partial_batch if priority == PARTIAL else self._max_batch
+                give_up_at = time.monotonic() + self._max_wait_s
+                while self._count(kind, priority) < limit and not self._closed:
+                    remaining = give_up_at - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                # Another worker may have started partials while this one waited for the batch to fill.
+                if priority == PARTIAL and self._partial_running >= self._max_partial_running:
+                    continue
+                batch = self._pop(kind, priority, limit)
+                if batch and priority == PARTIAL:
+                    self._partial_running += 1
+                return batch
+
+    def _most_urgent(self) -> _Entry[J, R] | None:
+        """Waits for a job this worker may start; None once closed."""
+        while True:
+            while self._heap and self._heap[0].abandoned:
+                heapq.heappop(self._heap)
+                self.jobs_dropped += 1
+            if self._closed:
+                return None
+            # Finals sort first: a partial on top means no final is waiting.
+            if self._heap and (
+                self._heap[0].priority != PARTIAL or self._partial_running < self._max_partial_running
+            ):
+                return self._heap[0]
+            self._cond.wait()
+
+    def _pop(self, kind: Hashable, priority: int, limit: int) -> list[_Entry[J, R]]:
+        batch: list[_Entry[J, R]] = []
+        rest: list[_Entry[J, R]] = []
+        now = time.monotonic()
+        while self._heap and len(batch) < limit:
+            entry = heapq.heappop(self._heap)
+            if entry.abandoned:
+                self.jobs_dropped += 1
+            elif entry.expires and entry.deadline < now:
+                self.jobs_expired += 1
+                entry.loop.call_soon_threadsafe(_resolve, entry.future, Expired())
+            elif entry.kind == kind and entry.priority == priority:
+                batch.append(entry)
+            else:
+                rest.append(entry)
+        for entry in rest:
+            heapq.heappush(self._heap, entry)
+        return batch
 
     def _count(self, kind: Hashable, priority: int) -> int:
         return sum(1 for e in self._heap if not e.abandoned and e.kind == kind and e.priority == priority)
@@ -167,7 +202,11 @@ class BatchWorker(Generic[J, R]):
                 results: list[R | BaseException] = list(self._run_batch([e.job for e in batch]))
             except Exception as exc:
                 results = [exc] * len(batch)
-            self.batches_run += 1
-            self.jobs_run += len(batch)
+            with self._cond:
+                self.batches_run += 1
+                self.jobs_run += len(batch)
+                if batch[0].priority == PARTIAL:
+                    self._partial_running -= 1
+                    self._cond.notify_all()
             for entry, result in zip(batch, results, strict=True):
                 entry.loop.call_soon_threadsafe(_resolve, entry.future, result)
