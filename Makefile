@@ -25,6 +25,7 @@ serve: $(STAMP) ## Set up and run the server on 127.0.0.1:50051 (LISTEN=HOST:POR
 
 test: $(STAMP) ## Set up and run lint, type checks and all tests
 	$(MAKE) --no-print-directory lint
+	@scripts/ensure-redis.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 unit: $(STAMP) ## Run the unit tests only

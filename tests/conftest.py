@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.redis_server import redis_url  # noqa: F401  (the session's redis-server fixture)
 from voxwire_server.app import App
 from voxwire_server.config import ServerConfig
 
