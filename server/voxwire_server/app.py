@@ -7,6 +7,7 @@ import functools
 import logging
 from typing import Any
 
+from voxwire_server.caches.synthesis import SynthesisCache
 from voxwire_server.config import ServerConfig
 from voxwire_server.domain import Endpointing, Tier
 from voxwire_server.engines.tts import HibariSynthesizer
@@ -16,9 +17,23 @@ from voxwire_server.metrics import Telemetry
 from voxwire_server.sessions.recognition import RecognitionLimits
 from voxwire_server.sessions.runtime import Runtime
 from voxwire_server.sessions.synthesis import SynthesisLimits
+from voxwire_server.storage import open_store
 from voxwire_server.transport.server import GrpcServer, build_server
 
 log = logging.getLogger(__name__)
+
+
+def build_cache(config: ServerConfig, telemetry: Telemetry) -> SynthesisCache | None:
+    if config.cache == "off":
+        return None
+    store = open_store(
+        config.cache, max_bytes=config.cache_memory_mb * 1024 * 1024, timeout_s=config.cache_timeout_ms / 1000
+    )
+    return SynthesisCache(
+        store,
+        personal_ttl_s=config.tts_cache_ttl_s,
+        on_lookup=lambda tier, outcome: telemetry.cache_requests.labels(tier, outcome).inc(),
+    )
 
 
 def build_runtime(config: ServerConfig) -> Runtime:
@@ -33,7 +48,12 @@ def build_runtime(config: ServerConfig) -> Runtime:
             escalation_max_waiting=config.escalation_max_waiting,
             on_escalation=telemetry.escalations.inc,
         ),
-        synthesis_limits=SynthesisLimits(max_text_chars=config.max_text_chars),
+        synthesis_limits=SynthesisLimits(
+            max_text_chars=config.max_text_chars,
+            stitch_context_words=config.tts_stitch_context_words,
+            max_joint_pitch_st=config.tts_joint_max_pitch_st,
+            max_joint_step_db=config.tts_joint_max_step_db,
+        ),
         endpointing=Endpointing(
             silence_ms=config.silence_ms,
             max_utterance_s=config.max_utterance_s,
@@ -45,6 +65,7 @@ def build_runtime(config: ServerConfig) -> Runtime:
         max_streams=config.max_streams,
         vad_factory=functools.partial(WebRtcVad, frame_ms=config.vad_frame_ms),
         telemetry=telemetry,
+        synthesis_cache=build_cache(config, telemetry),
     )
 
 
@@ -71,7 +92,7 @@ def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthe
 
 class App:
     """Start: listen with health NOT_SERVING, load and warm the models off the loop, then SERVING.
-    Stop: NOT_SERVING → server.stop(grace) → close engines."""
+    Stop: NOT_SERVING → server.stop(grace) → close engines → close the cache store."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -122,6 +143,8 @@ class App:
             for engine in self._engines:
                 await asyncio.to_thread(engine.close)
             self._engines = None
+        if self.runtime.synthesis_cache is not None:
+            await self.runtime.synthesis_cache.store.aclose()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None

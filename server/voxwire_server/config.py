@@ -51,6 +51,21 @@ class ServerConfig:
     )
     tts_voice: str = _opt("heart", "default hibari voice (only voices present offline are served)")
     tts_threads: int = _opt(1, "onnxruntime threads for synthesis")
+    cache: str = _opt(
+        "memory", "where the caches live: memory (in process), redis://HOST:PORT/DB (shared), or off"
+    )
+    cache_memory_mb: int = _opt(256, "size of the in-process cache (LFU eviction beyond it)")
+    cache_timeout_ms: float = _opt(50.0, "per-call timeout of a Redis cache; a slower call counts as a miss")
+    tts_cache_ttl_s: float = _opt(900.0, "lifetime of personal (per-user) synthesis cache entries")
+    tts_stitch_context_words: int = _opt(
+        3, "words of a cached template prefix synthesized again before the entities (prosody context)"
+    )
+    tts_joint_max_pitch_st: float = _opt(
+        3.0, "template joint check: largest pitch difference (semitones) of the word before the joint"
+    )
+    tts_joint_max_step_db: float = _opt(
+        10.0, "template joint check: largest loudness step (dB) the joint adds"
+    )
     max_message_mb: int = _opt(32, "largest gRPC message accepted (a whole clip for Recognize)")
     max_clip_s: float = _opt(600.0, "longest clip Recognize accepts")
     max_chunk_ms: int = _opt(1000, "longest audio chunk a stream may send at once")
@@ -124,6 +139,18 @@ class ServerConfig:
             raise ConfigError("max_utterance_s must be at most 29 (the Whisper window, less padding)")
         if not 0 <= self.escalation_confidence <= 1:
             raise ConfigError("escalation_confidence must be 0..1")
+        if self.cache != "off" and self.cache != "memory" and "://" not in self.cache:
+            raise ConfigError(f"cache must be memory, off or a redis:// URL, got {self.cache!r}")
+        for name, value in (
+            ("cache_memory_mb", self.cache_memory_mb),
+            ("cache_timeout_ms", self.cache_timeout_ms),
+            ("tts_cache_ttl_s", self.tts_cache_ttl_s),
+            ("tts_stitch_context_words", self.tts_stitch_context_words),
+            ("tts_joint_max_pitch_st", self.tts_joint_max_pitch_st),
+            ("tts_joint_max_step_db", self.tts_joint_max_step_db),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
         if self.asr_workers < 0:
             raise ConfigError("asr_workers must not be negative")
         if self.escalation_max_waiting < 0:

@@ -150,8 +150,24 @@ class StreamStart:
     resume_token: bytes = b""
 
 
+class SynthesisInput(enum.Enum):
+    TEXT = "text"
+    SSML = "ssml"
+    TEMPLATE = "template"
+
+
+class SynthesisCacheStatus(enum.Enum):
+    # No cache was consulted.
+    NONE = "none"
+    MISS = "miss"
+    HIT = "hit"
+    # A cached template prefix with freshly synthesized entities spliced on.
+    STITCHED = "stitched"
+
+
 @dataclass(frozen=True, slots=True)
 class SynthesisRequest:
+    # Plain text, an SSML document or a template with {slots}, as ``input`` says.
     text: str
     voice: str = ""
     speaking_rate: float = 1.0
@@ -159,6 +175,9 @@ class SynthesisRequest:
     # 0: the voice's native rate.
     sample_rate_hz: int = 0
     context: RequestContext = field(default_factory=RequestContext)
+    input: SynthesisInput = SynthesisInput.TEXT
+    # Slot values of a template, as (name, value) pairs.
+    entities: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,3 +199,4 @@ class EncodedAudio:
     duration_ms: int
     # The final piece of a streamed utterance.
     last: bool = False
+    cache_status: SynthesisCacheStatus = SynthesisCacheStatus.NONE

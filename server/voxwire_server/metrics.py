@@ -31,6 +31,19 @@ class Telemetry:
         self.escalations = Counter(
             "voxwire_asr_escalations", "fast-tier finals re-decoded on the accurate tier", registry=r
         )
+        self.cache_requests = Counter(
+            "voxwire_cache_requests", "cache lookups by tier and outcome", ["tier", "outcome"], registry=r
+        )
+        self.tts_streams = Gauge(
+            "voxwire_tts_active_streams", "SynthesizeStream calls in progress", registry=r
+        )
+        self.tts_units = Counter("voxwire_tts_units", "sentences (model calls) synthesized", registry=r)
+        self.tts_stitches = Counter(
+            "voxwire_tts_stitches",
+            "template replies spliced onto a cached prefix, by whether the joint check passed",
+            ["outcome"],
+            registry=r,
+        )
         self.tts_first_audio = Histogram(
             "voxwire_tts_first_audio_seconds",
             "time from a synthesis request to its first audio",

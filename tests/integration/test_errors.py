@@ -17,7 +17,6 @@ from voxwire import (
     InvalidArgumentError,
     NotFoundError,
     RecognitionConfig,
-    UnimplementedError,
 )
 from voxwire.v1 import common_pb2, recognizer_pb2, recognizer_pb2_grpc
 
@@ -147,10 +146,20 @@ def test_synthesize_rejects_bad_requests(client: Client) -> None:
         client.synthesize("hello", encoding=AudioEncoding.OGG_OPUS, sample_rate_hz=22050)
     with pytest.raises(NotFoundError, match="unknown voice 'nobody'"):
         client.synthesize("hello", voice="nobody")
-    with pytest.raises(UnimplementedError, match="SSML input"):
-        client.synthesize(ssml="<speak>hello</speak>")
-    with pytest.raises(UnimplementedError, match="template synthesis"):
-        client.synthesize(template="Coming up next is {song}.", entities={"song": "Yesterday"})
+    with pytest.raises(InvalidArgumentError, match=r"invalid SSML at line 1, column 21: <break> time"):
+        client.synthesize(ssml='<speak>Hello <break time="5 parsecs"/></speak>')
+    with pytest.raises(
+        InvalidArgumentError, match=r"line 2, column 1: <speak> at line 1, column 1 is never closed"
+    ):
+        client.synthesize(ssml="<speak>Hello\n")
+    with pytest.raises(InvalidArgumentError, match=r"line 1, column 8: <audio> is not supported"):
+        client.synthesize(ssml='<speak><audio src="x.wav"/></speak>')
+    with pytest.raises(InvalidArgumentError, match="missing a value for: artist"):
+        client.synthesize(template="Coming up next is {song} by {artist}.", entities={"song": "Yesterday"})
+    with pytest.raises(InvalidArgumentError, match="no slot named: mood"):
+        client.synthesize(template="Playing {song}.", entities={"song": "Yesterday", "mood": "happy"})
+    with pytest.raises(InvalidArgumentError, match="never closed"):
+        client.synthesize(template="Playing {song.", entities={"song": "Yesterday"})
 
 
 def test_voices_missing_offline_are_not_downloaded(client: Client) -> None:
@@ -196,5 +205,7 @@ def test_synthesize_stream_rejects_bad_requests(client: Client) -> None:
         list(client.synthesize_stream(""))
     with pytest.raises(NotFoundError, match="unknown voice"):
         list(client.synthesize_stream("hello", voice="nobody"))
-    with pytest.raises(UnimplementedError, match="SSML input"):
-        list(client.synthesize_stream(ssml="<speak>hi</speak>"))
+    with pytest.raises(InvalidArgumentError, match=r"invalid SSML at line 1, column 12: mismatched tag"):
+        list(client.synthesize_stream(ssml="<speak>hi</s></speak>"))
+    with pytest.raises(InvalidArgumentError, match="entity 'song' is empty"):
+        list(client.synthesize_stream(template="Playing {song}.", entities={"song": " "}))

@@ -10,7 +10,7 @@ import av
 import pytest
 
 from tests.conftest import RunningServer
-from voxwire import AudioEncoding, Client, SynthesisCacheStatus
+from voxwire import AudioEncoding, CachePolicy, Client, SynthesisCacheStatus
 
 TEXT = "Your timer for ten minutes is set. Enjoy your tea."
 
@@ -30,14 +30,16 @@ def decoded_seconds(data: bytes) -> tuple[float, int]:
 
 @pytest.mark.parametrize("rate", [8000, 16000, 22050, 24000, 48000])
 def test_wav_at_each_rate(client: Client, rate: int) -> None:
-    result = client.synthesize(TEXT, encoding=AudioEncoding.WAV, sample_rate_hz=rate)
+    result = client.synthesize(
+        TEXT, encoding=AudioEncoding.WAV, sample_rate_hz=rate, cache_policy=CachePolicy.BYPASS
+    )
     with wave.open(io.BytesIO(result.audio), "rb") as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (rate, 1, 2)
         seconds = w.getnframes() / rate
     assert abs(seconds * 1000 - result.audio_duration_ms) <= 2
     assert 2.0 < seconds < 6.0
     assert result.voice == "heart"
-    assert result.cache_status is SynthesisCacheStatus.NONE
+    assert result.cache_status is SynthesisCacheStatus.NONE  # no cache consulted
 
 
 def test_linear16_and_opus_match_the_wav_duration(client: Client) -> None:
@@ -48,6 +50,46 @@ def test_linear16_and_opus_match_the_wav_duration(client: Client) -> None:
     assert raw.audio == wav.audio[44:]  # same seeded synthesis, same samples
     seconds, _ = decoded_seconds(opus.audio)
     assert abs(seconds - wav.audio_duration_ms / 1000) < 0.05
+
+
+FORMATS = [
+    (encoding, rate)
+    for encoding in (AudioEncoding.LINEAR16, AudioEncoding.WAV, AudioEncoding.OGG_OPUS)
+    for rate in (8000, 16000, 22050, 24000, 48000)
+    if not (encoding is AudioEncoding.OGG_OPUS and rate == 22050)
+]
+
+
+def _decoded(data: bytes, encoding: AudioEncoding, rate: int) -> tuple[float, int]:
+    """Seconds and sample rate of the audio; for Opus (decoded at 48 kHz) the rate its header
+    declares for the encoded input."""
+    if encoding is AudioEncoding.LINEAR16:
+        return len(data) / 2 / rate, rate
+    seconds, decoded_rate = decoded_seconds(data)
+    if encoding is AudioEncoding.OGG_OPUS:
+        head = data.index(b"OpusHead")
+        decoded_rate = int.from_bytes(data[head + 12 : head + 16], "little")
+    return seconds, decoded_rate
+
+
+@pytest.mark.parametrize(("encoding", "rate"), FORMATS, ids=[f"{e.name}-{r}" for e, r in FORMATS])
+def test_each_format_decodes_back_to_its_rate_and_duration(
+    client: Client, encoding: AudioEncoding, rate: int
+) -> None:
+    # Fresh audio, a cached replay and a stream must all decode to what the response says.
+    for policy in (CachePolicy.BYPASS, CachePolicy.USE, CachePolicy.USE):
+        whole = client.synthesize(TEXT, encoding=encoding, sample_rate_hz=rate, cache_policy=policy)
+        seconds, decoded_rate = _decoded(whole.audio, encoding, rate)
+        assert decoded_rate == rate == whole.sample_rate_hz
+        assert abs(seconds * 1000 - whole.audio_duration_ms) <= (
+            40 if encoding is AudioEncoding.OGG_OPUS else 2
+        )
+        assert 2.0 < seconds < 6.0
+    chunks = list(client.synthesize_stream(TEXT, encoding=encoding, sample_rate_hz=rate))
+    assert {c.cache_status for c in chunks} == {SynthesisCacheStatus.HIT}
+    seconds, decoded_rate = _decoded(b"".join(c.audio for c in chunks), encoding, rate)
+    assert decoded_rate == rate
+    assert abs(seconds - whole.audio_duration_ms / 1000) < 0.05
 
 
 def test_speaking_rate_changes_the_duration(client: Client) -> None:

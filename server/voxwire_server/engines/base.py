@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from voxwire_server.domain import Alternative, DecodeOptions, Segment, VoiceInfo
+from voxwire_server.engines.splicing import JointCheck, Prefix
 
 
 class PartialSkipped(Exception):
@@ -40,20 +41,47 @@ class SpeechRecognizer(Protocol):
 
 
 class SpeechSynthesizer(Protocol):
-    """Synthesizes text off the event loop, a sentence at a time."""
+    """Synthesizes text off the event loop, a sentence at a time, and splices new speech onto a
+    cached prefix (the engine's own prefix state, opaque to sessions)."""
 
     model_name: str
     sample_rate_hz: int
+    # The pronunciation alphabet of ``render`` (SSML <phoneme> is checked against it).
+    phoneme_symbols: frozenset[str]
 
     def voices(self) -> list[VoiceInfo]: ...
 
     def resolve_voice(self, name: str) -> str: ...
 
+    def model_version(self, voice: str) -> str:
+        """Changes whenever the voice's audio would: part of every synthesis cache key."""
+        ...
+
+    def can_splice(self, voice: str) -> bool: ...
+
+    def split_sentences(self, text: str) -> list[str]: ...
+
     async def plan(self, voice: str, text: str) -> list[str]:
         """Splits text into the units synthesized one at a time (sentences), in the engine's form."""
         ...
 
+    async def phonemes(self, voice: str, text: str) -> str:
+        """The pronunciation of a piece of a sentence, in the engine's form (no sentence splitting)."""
+        ...
+
     async def render(self, voice: str, unit: str, speaking_rate: float) -> npt.NDArray[np.float32]: ...
+
+    async def render_split(
+        self, voice: str, prefix_words: list[str], rest: str, speaking_rate: float
+    ) -> tuple[npt.NDArray[np.float32], Prefix]:
+        """One sentence (prefix words, then the rest) and the prefix's state for continuations."""
+        ...
+
+    async def continue_prefix(
+        self, voice: str, prefix: Prefix, context_words: int, rest: str, speaking_rate: float
+    ) -> tuple[npt.NDArray[np.float32], JointCheck]:
+        """Audio from the end of a prefix already spoken on, and how well the joint matches."""
+        ...
 
     def close(self) -> None: ...
 

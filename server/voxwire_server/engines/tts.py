@@ -3,18 +3,100 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from voxwire_server.domain import VoiceInfo
-from voxwire_server.errors import NotFound, PreconditionFailed
+from voxwire_server.engines.splicing import (
+    FRAME_SAMPLES,
+    Frames,
+    JointCheck,
+    Prefix,
+    check_joint,
+    continue_prefix,
+    make_prefix,
+    word_bounds,
+)
+from voxwire_server.errors import InvalidInput, NotFound, PreconditionFailed
+
+log = logging.getLogger(__name__)
 
 # Fixed noise seed: the same text, voice and rate always give the same audio (cacheable, testable).
 _SEED = 0
+T = TypeVar("T")
+Float32Array = npt.NDArray[np.float32]
+
+
+def _with_durations(model_path: str) -> bytes | None:
+    """The voice's ONNX graph with the per-phoneme durations (the clipped, rounded duration tensor the
+    model computes internally) added as a seventh output; None if the graph has no such tensor."""
+    import onnx
+
+    model = onnx.load(model_path)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    found = [
+        node
+        for node in model.graph.node
+        if node.op_type == "Clip" and getattr(producers.get(node.input[0]), "op_type", "") == "Round"
+    ]
+    if len(found) != 1:
+        return None
+    output = onnx.ValueInfoProto()
+    output.name = found[0].output[0]
+    model.graph.output.append(output)
+    return bytes(model.SerializeToString())
+
+
+class _Voice:
+    """One hibari voice: its G2P (through hibari's public API) and an acoustic model session that also
+    reports phoneme durations, so word boundaries are exact."""
+
+    def __init__(self, name: str, threads: int) -> None:
+        import hibari
+        import onnxruntime as ort
+
+        self.tts: Any = hibari.Hibari(voice=name, threads=threads)
+        with open(
+            os.path.join(os.path.dirname(hibari.__file__), "assets", "vocab.json"), encoding="utf-8"
+        ) as f:
+            self.vocab: dict[str, int] = json.load(f)
+        graph = _with_durations(self.tts.model_path)
+        self.durations = graph is not None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+        options.log_severity_level = 3
+        self.session: Any = (
+            ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+            if graph
+            else self.tts.sess
+        )
+        if not self.durations:
+            log.warning("voice %s: no duration tensor in its model; template stitching is off", name)
+
+    def frames(self, phonemes: str, speaking_rate: float) -> Frames:
+        tokens = [c for c in phonemes if c in self.vocab]
+        if not tokens:
+            raise InvalidInput("nothing to pronounce")
+        ids = np.asarray([[0, *(self.vocab[c] for c in tokens), 0]], np.int64)
+        outputs = self.session.run(None, {"ids": ids, "speed": np.asarray([speaking_rate], np.float32)})
+        spectra = np.stack([np.asarray(o[0], np.float32) for o in outputs[:5]])
+        f0 = np.asarray(outputs[5][0], np.float32)
+        starts, ends = word_bounds(tokens, outputs[6]) if self.durations else ((), ())
+        return Frames(spectra, f0, starts, ends)
+
+    def vocode(self, frames: Frames) -> Float32Array:
+        from hibari import dsp
+
+        lh, theta, ln, lr, phi = frames.spectra
+        audio = dsp.synth(lh, theta, ln, lr, phi, frames.f0, np.random.default_rng(_SEED))
+        return np.asarray(audio, np.float32)
 
 
 class HibariSynthesizer:
@@ -27,23 +109,37 @@ class HibariSynthesizer:
         self._registry: dict[str, dict[str, Any]] = dict(hv.VOICES)
         self.sample_rate_hz = int(hibari.SAMPLE_RATE)
         self.model_name = f"hibari-tts {hibari.__version__}"
-        self._voices: dict[str, Any] = {}
+        self._voices: dict[str, _Voice] = {}
         for name in self._registry:
             try:
                 path = hv.voice_path(name, download_missing=False)
             except FileNotFoundError:
                 continue
             if os.path.isfile(path):
-                self._voices[name] = hibari.Hibari(voice=name, threads=threads)
+                self._voices[name] = _Voice(name, threads)
         if default_voice not in self._voices:
             raise PreconditionFailed(f"default voice {default_voice!r} is not available offline")
         self.default_voice = default_voice
+        self.phoneme_symbols = frozenset(self._voices[default_voice].vocab)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
+
+    def model_version(self, voice: str) -> str:
+        """Changes whenever the voice's model does: part of every synthesis cache key."""
+        digest = str(self._registry[voice].get("sha256", ""))[:16]
+        return f"{self.model_name}/{voice}/{digest}"
+
+    def can_splice(self, voice: str) -> bool:
+        return self._voices[voice].durations
+
+    def split_sentences(self, text: str) -> list[str]:
+        from hibari import Hibari
+
+        return [str(s) for s in Hibari.split_sentences(text)]
 
     def warm_up(self) -> None:
         # The first call loads the lexicons (~0.3 s): pay it at start-up, not on a user's request.
-        for tts in self._voices.values():
-            tts("Warm up.", seed=_SEED)
+        for voice in self._voices.values():
+            voice.vocode(voice.frames(voice.tts.g2p("Warm up."), 1.0))
 
     def voices(self) -> list[VoiceInfo]:
         return [
@@ -69,16 +165,69 @@ class HibariSynthesizer:
             )
         raise NotFound(f"unknown voice {voice!r}; available: {', '.join(sorted(self._voices))}")
 
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        # Cancelling the awaiting task cancels the job while it is still queued.
+        return await asyncio.wrap_future(self._worker.submit(fn, *args))
+
     async def plan(self, voice: str, text: str) -> list[str]:
-        tts = self._voices[voice]
-        units: list[str] = await asyncio.wrap_future(self._worker.submit(tts.phonemize, text))
+        units: list[str] = await self._run(self._voices[voice].tts.phonemize, text)
         # A unit of punctuation alone ("?!", "...") has no sound to make.
         return [u for u in units if any(c.isalpha() for c in u)]
 
-    async def render(self, voice: str, unit: str, speaking_rate: float) -> npt.NDArray[np.float32]:
-        tts = self._voices[voice]
-        audio = await asyncio.wrap_future(self._worker.submit(tts.from_phonemes, unit, speaking_rate, _SEED))
-        return np.asarray(audio, dtype=np.float32)
+    async def phonemes(self, voice: str, text: str) -> str:
+        """Pronunciation of a piece of a sentence (no sentence splitting)."""
+        return str(await self._run(self._voices[voice].tts.g2p, text))
+
+    def _render(self, voice: str, phonemes: str, speaking_rate: float) -> Float32Array:
+        v = self._voices[voice]
+        return v.vocode(v.frames(phonemes, speaking_rate))
+
+    async def render(self, voice: str, unit: str, speaking_rate: float) -> Float32Array:
+        return await self._run(self._render, voice, unit, speaking_rate)
+
+    def _render_timed(
+        self, voice: str, phonemes: str, speaking_rate: float
+    ) -> tuple[Float32Array, list[float]]:
+        v = self._voices[voice]
+        frames = v.frames(phonemes, speaking_rate)
+        return v.vocode(frames), [end * FRAME_SAMPLES / self.sample_rate_hz for end in frames.word_ends]
+
+    async def render_timed(
+        self, voice: str, phonemes: str, speaking_rate: float
+    ) -> tuple[Float32Array, list[float]]:
+        """Audio and where each word ends in it (seconds)."""
+        return await self._run(self._render_timed, voice, phonemes, speaking_rate)
+
+    def _render_split(
+        self, voice: str, prefix_words: list[str], rest: str, speaking_rate: float
+    ) -> tuple[Float32Array, Prefix]:
+        v = self._voices[voice]
+        frames = v.frames(" ".join(prefix_words) + " " + rest, speaking_rate)
+        audio = v.vocode(frames)
+        return audio, make_prefix(frames, audio, prefix_words)
+
+    async def render_split(
+        self, voice: str, prefix_words: list[str], rest: str, speaking_rate: float
+    ) -> tuple[Float32Array, Prefix]:
+        """One sentence, prefix words then the rest, and the prefix's state for later continuations."""
+        return await self._run(self._render_split, voice, prefix_words, rest, speaking_rate)
+
+    def _continue(
+        self, voice: str, prefix: Prefix, context_words: int, rest: str, speaking_rate: float
+    ) -> tuple[Float32Array, JointCheck]:
+        # The context words are synthesized again (and dropped): the continuation keeps the sentence's
+        # prosody; then come the words carried over from the prefix, and the new text.
+        v = self._voices[voice]
+        n = max(1, min(context_words, len(prefix.words)))
+        frames = v.frames(" ".join([*prefix.words[-n:], *prefix.carried, rest]), speaking_rate)
+        return continue_prefix(prefix, frames, n, _SEED), check_joint(prefix, frames, n)
+
+    async def continue_prefix(
+        self, voice: str, prefix: Prefix, context_words: int, rest: str, speaking_rate: float
+    ) -> tuple[Float32Array, JointCheck]:
+        """The rest of a sentence whose prefix was already spoken from the cache, synthesized with the
+        prefix's last words as context; and how well the joint matches."""
+        return await self._run(self._continue, voice, prefix, context_words, rest, speaking_rate)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)

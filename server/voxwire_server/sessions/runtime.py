@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from voxwire_server.caches.synthesis import SynthesisCache
 from voxwire_server.domain import Endpointing, Tier
 from voxwire_server.engines.base import SpeechRecognizer, SpeechSynthesizer
 from voxwire_server.errors import OverCapacity, Unavailable
 from voxwire_server.metrics import Telemetry
 from voxwire_server.sessions.recognition import RecognitionLimits, VadFactory
-from voxwire_server.sessions.synthesis import SynthesisLimits
+from voxwire_server.sessions.synthesis import SynthesisHooks, SynthesisLimits, SynthesisSession
 
 
 @dataclass
@@ -21,6 +22,8 @@ class Runtime:
     max_streams: int
     vad_factory: VadFactory
     telemetry: Telemetry = field(default_factory=Telemetry)
+    # None: the server runs without caches (--cache off).
+    synthesis_cache: SynthesisCache | None = None
     _recognizer: SpeechRecognizer | None = None
     _synthesizer: SpeechSynthesizer | None = None
     draining: bool = False
@@ -54,6 +57,14 @@ class Runtime:
         if self.telemetry.active_streams >= self.max_streams:
             raise OverCapacity(f"this server is at its limit of {self.max_streams} concurrent streams")
         self.telemetry.stream_opened()
+
+    def synthesis(self) -> SynthesisSession:
+        t = self.telemetry
+        hooks = SynthesisHooks(
+            on_units=t.tts_units.inc,
+            on_stitch=lambda passed: t.tts_stitches.labels("passed" if passed else "rejected").inc(),
+        )
+        return SynthesisSession(self.synthesizer, self.synthesis_limits, self.synthesis_cache, hooks)
 
     def engines(self) -> tuple[SpeechRecognizer | None, SpeechSynthesizer | None]:
         return self._recognizer, self._synthesizer

@@ -1,103 +1,466 @@
-"""Synthesis: validate a request, then synthesize sentence by sentence and encode as it goes."""
+"""Synthesis: validate a request, answer from the caches when they hold it, otherwise synthesize
+sentence by sentence (or splice onto a cached template prefix) and encode as it goes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 
+import numpy as np
+import numpy.typing as npt
+
+from voxwire_server.caches.synthesis import CachedAudio, SynthesisCache, phrase_key, prefix_key
 from voxwire_server.config import OUTPUT_SAMPLE_RATES_HZ
-from voxwire_server.domain import EncodedAudio, Encoding, SynthesisRequest
+from voxwire_server.domain import (
+    CachePolicy,
+    EncodedAudio,
+    Encoding,
+    RequestContext,
+    SynthesisCacheStatus,
+    SynthesisInput,
+    SynthesisRequest,
+)
 from voxwire_server.engines.audio import AudioEncoder, wav_header
 from voxwire_server.engines.base import SpeechSynthesizer
+from voxwire_server.engines.splicing import Prefix
 from voxwire_server.errors import InvalidInput
+from voxwire_server.sessions.speech_plan import Silence, Speech, Unit, plan_ssml, plan_text
+from voxwire_server.sessions.ssml import MAX_RATE, MIN_RATE, parse_ssml
+from voxwire_server.sessions.templates import Template, parse_template
 
-MIN_SPEAKING_RATE = 0.5
-MAX_SPEAKING_RATE = 2.0
+log = logging.getLogger(__name__)
+
+Float32Array = npt.NDArray[np.float32]
+MISS, HIT, STITCHED, NONE = (
+    SynthesisCacheStatus.MISS,
+    SynthesisCacheStatus.HIT,
+    SynthesisCacheStatus.STITCHED,
+    SynthesisCacheStatus.NONE,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class SynthesisLimits:
     max_text_chars: int = 5000
+    # Words of a cached prefix synthesized again in front of a template's entities, for prosody.
+    stitch_context_words: int = 3
+    # The joint check: the shared word as cached and as synthesized again may differ this much.
+    max_joint_pitch_st: float = 3.0
+    max_joint_step_db: float = 10.0
+    max_warmup_items: int = 1000
+
+
+@dataclass
+class SynthesisHooks:
+    """Telemetry callbacks (counters live in metrics.py, not here)."""
+
+    on_units: Callable[[int], None] = field(default=lambda n: None)
+    on_stitch: Callable[[bool], None] = field(default=lambda passed: None)
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
+    request: SynthesisRequest
     voice: str
-    units: list[str]
     sample_rate_hz: int
+    template: Template | None
+    key: str
+
+
+class _Emitter:
+    """Encodes native-rate audio into chunks of the requested format and remembers them for the
+    phrase cache (without the streamed WAV header)."""
+
+    def __init__(self, request: SynthesisRequest, source_rate_hz: int, sample_rate_hz: int) -> None:
+        self.encoding = request.encoding
+        self.sample_rate_hz = sample_rate_hz
+        self.encoder = AudioEncoder(request.encoding, source_rate_hz, sample_rate_hz)
+        self.chunks: list[bytes] = []
+        self.durations_ms: list[int] = []
+        self.statuses: list[SynthesisCacheStatus] = []
+
+    def emit(self, audio: Float32Array, status: SynthesisCacheStatus, *, last: bool) -> EncodedAudio:
+        before = self.encoder.samples_out
+        data = self.encoder.encode(audio)
+        if last:
+            data += self.encoder.finish()
+        return self.record(data, self.encoder.samples_out - before, status, last=last)
+
+    def record(self, data: bytes, samples: int, status: SynthesisCacheStatus, *, last: bool) -> EncodedAudio:
+        offset_ms = sum(self.durations_ms)
+        duration_ms = samples * 1000 // self.sample_rate_hz
+        header = b""
+        if not self.chunks and self.encoding is Encoding.WAV:
+            header = wav_header(self.sample_rate_hz, 1, None)
+        self.chunks.append(data)
+        self.durations_ms.append(duration_ms)
+        self.statuses.append(status)
+        return EncodedAudio(
+            data=header + data,
+            encoding=self.encoding,
+            sample_rate_hz=self.sample_rate_hz,
+            offset_ms=offset_ms,
+            duration_ms=duration_ms,
+            last=last,
+            cache_status=status,
+        )
+
+    def cached(self) -> CachedAudio:
+        return CachedAudio(tuple(self.chunks), tuple(self.durations_ms), self.sample_rate_hz)
+
+    def close(self) -> None:
+        self.encoder.close()
 
 
 class SynthesisSession:
-    def __init__(self, synthesizer: SpeechSynthesizer, limits: SynthesisLimits) -> None:
+    def __init__(
+        self,
+        synthesizer: SpeechSynthesizer,
+        limits: SynthesisLimits,
+        cache: SynthesisCache | None = None,
+        hooks: SynthesisHooks | None = None,
+    ) -> None:
         self._tts = synthesizer
         self._limits = limits
+        self._cache = cache
+        self._hooks = hooks or SynthesisHooks()
 
-    async def _plan(self, request: SynthesisRequest) -> _Plan:
+    # -- validation ---------------------------------------------------------------------------
+
+    def _prepare(self, request: SynthesisRequest) -> _Plan:
         text = request.text.strip()
         if not text:
-            raise InvalidInput("text is empty")
+            raise InvalidInput(f"{request.input.value} is empty")
         if len(text) > self._limits.max_text_chars:
-            raise InvalidInput(f"text is {len(text)} characters; the limit is {self._limits.max_text_chars}")
-        if not MIN_SPEAKING_RATE <= request.speaking_rate <= MAX_SPEAKING_RATE:
-            bounds = f"{MIN_SPEAKING_RATE}..{MAX_SPEAKING_RATE}"
-            raise InvalidInput(f"speaking_rate must be {bounds}, got {request.speaking_rate:g}")
+            raise InvalidInput(
+                f"{request.input.value} is {len(text)} characters; the limit is {self._limits.max_text_chars}"
+            )
+        if not MIN_RATE <= request.speaking_rate <= MAX_RATE:
+            raise InvalidInput(f"speaking_rate must be {MIN_RATE}..{MAX_RATE}, got {request.speaking_rate:g}")
         rate = request.sample_rate_hz or self._tts.sample_rate_hz
         if rate not in OUTPUT_SAMPLE_RATES_HZ:
             allowed = ", ".join(str(r) for r in OUTPUT_SAMPLE_RATES_HZ)
             raise InvalidInput(f"unsupported output sample_rate_hz {rate}; supported: {allowed}")
         if request.encoding is Encoding.FLAC:
             raise InvalidInput("FLAC is not an output encoding; use LINEAR16, WAV or OGG_OPUS")
+        # Checks the Opus rates before any work is done.
+        AudioEncoder(request.encoding, self._tts.sample_rate_hz, rate).close()
         voice = self._tts.resolve_voice(request.voice)
-        units = await self._tts.plan(voice, text)
-        if not units:
-            raise InvalidInput("text has nothing to speak (no pronounceable words)")
-        return _Plan(voice, units, rate)
+        template = None
+        content = text
+        if request.input is SynthesisInput.TEMPLATE:
+            template = parse_template(text)
+            template.fill(dict(request.entities))
+            content = json.dumps([text, sorted(request.entities)], ensure_ascii=False)
+        elif request.entities:
+            raise InvalidInput("entities are only for template input")
+        key = phrase_key(
+            request.input.value,
+            content,
+            voice=voice,
+            speaking_rate=request.speaking_rate,
+            encoding=request.encoding,
+            sample_rate_hz=rate,
+            model=self._tts.model_version(voice),
+        )
+        return _Plan(request, voice, rate, template, key)
+
+    async def _units(self, plan: _Plan, text: str) -> list[Unit]:
+        request = plan.request
+        if request.input is SynthesisInput.SSML:
+            items = parse_ssml(text, phoneme_symbols=self._tts.phoneme_symbols)
+            units = await plan_ssml(self._tts, plan.voice, items, request.speaking_rate)
+        else:
+            units = await plan_text(self._tts, plan.voice, text, request.speaking_rate)
+        if not any(isinstance(u, Speech) for u in units):
+            raise InvalidInput(f"{request.input.value} has nothing to speak (no pronounceable words)")
+        return units
+
+    async def _render(self, voice: str, unit: Unit) -> Float32Array:
+        if isinstance(unit, Silence):
+            return np.zeros(unit.ms * self._tts.sample_rate_hz // 1000, np.float32)
+        self._hooks.on_units(1)
+        return await self._tts.render(voice, unit.phonemes, unit.speaking_rate)
+
+    def _uses_cache(self, context: RequestContext) -> bool:
+        return self._cache is not None and context.cache_policy is not CachePolicy.BYPASS
+
+    # -- public API ---------------------------------------------------------------------------
 
     async def stream(self, request: SynthesisRequest) -> AsyncIterator[EncodedAudio]:
-        """Yields encoded audio a sentence at a time; cancelling the consumer stops synthesis."""
-        plan = await self._plan(request)
-        encoder = AudioEncoder(request.encoding, self._tts.sample_rate_hz, plan.sample_rate_hz)
+        """Yields encoded audio as soon as each piece is ready; cancelling the consumer stops
+        synthesis. A reply is stored in the cache only once it was streamed whole."""
+        plan = self._prepare(request)
+        context = request.context
+        if self._uses_cache(context):
+            assert self._cache is not None
+            hit = await self._cache.get_phrase(plan.key, context)
+            if hit is not None:
+                for chunk in self._replay(plan, hit):
+                    yield chunk
+                return
+        emitter = _Emitter(request, self._tts.sample_rate_hz, plan.sample_rate_hz)
         try:
-            header = wav_header(plan.sample_rate_hz, 1, None) if request.encoding is Encoding.WAV else b""
-            for i, unit in enumerate(plan.units):
-                audio = await self._tts.render(plan.voice, unit, request.speaking_rate)
-                before = encoder.samples_out
-                last = i == len(plan.units) - 1
-                data = encoder.encode(audio)
-                if last:
-                    data += encoder.finish()
-                yield EncodedAudio(
-                    data=header + data if i == 0 else data,
-                    encoding=request.encoding,
-                    sample_rate_hz=plan.sample_rate_hz,
-                    offset_ms=before * 1000 // plan.sample_rate_hz,
-                    duration_ms=(encoder.samples_out - before) * 1000 // plan.sample_rate_hz,
-                    last=last,
-                )
+            async for chunk in self._produce(plan, emitter, streaming=True):
+                yield chunk
+            if self._cache is not None and all(s is MISS for s in emitter.statuses):
+                await self._cache.put_phrase(plan.key, context, emitter.cached())
         finally:
-            encoder.close()
+            emitter.close()
 
     async def synthesize(self, request: SynthesisRequest) -> tuple[EncodedAudio, str]:
-        """The whole utterance (WAV with exact sizes) and the voice that spoke it."""
-        plan = await self._plan(request)
-        encoder = AudioEncoder(request.encoding, self._tts.sample_rate_hz, plan.sample_rate_hz)
-        try:
-            parts = [
-                encoder.encode(await self._tts.render(plan.voice, u, request.speaking_rate))
-                for u in plan.units
-            ]
-            parts.append(encoder.finish())
-        finally:
-            encoder.close()
-        data = b"".join(parts)
+        """The whole utterance (a WAV has exact sizes) and the voice that spoke it."""
+        plan = self._prepare(request)
+        context = request.context
+        chunks: list[EncodedAudio] = []
+        if self._uses_cache(context):
+            assert self._cache is not None
+            hit = await self._cache.get_phrase(plan.key, context)
+            if hit is not None:
+                chunks = list(self._replay(plan, hit))
+        if not chunks:
+            emitter = _Emitter(request, self._tts.sample_rate_hz, plan.sample_rate_hz)
+            try:
+                chunks = [c async for c in self._produce(plan, emitter, streaming=False)]
+                if self._cache is not None and all(s is MISS for s in emitter.statuses):
+                    await self._cache.put_phrase(plan.key, context, emitter.cached())
+            finally:
+                emitter.close()
+        header_bytes = 44 if request.encoding is Encoding.WAV else 0
+        data = b"".join(c.data[header_bytes:] if i == 0 else c.data for i, c in enumerate(chunks))
         if request.encoding is Encoding.WAV:
             data = wav_header(plan.sample_rate_hz, 1, len(data)) + data
+        statuses = {c.cache_status for c in chunks}
+        status = (statuses.pop() if len(statuses) == 1 else MISS) if statuses else NONE
         audio = EncodedAudio(
             data=data,
             encoding=request.encoding,
             sample_rate_hz=plan.sample_rate_hz,
             offset_ms=0,
-            duration_ms=encoder.samples_out * 1000 // plan.sample_rate_hz,
+            duration_ms=sum(c.duration_ms for c in chunks),
             last=True,
+            cache_status=status,
         )
         return audio, plan.voice
+
+    async def warmup(
+        self, request: SynthesisRequest, phrases: list[str], templates: list[str]
+    ) -> tuple[int, int]:
+        """Synthesizes phrases and template prefixes into the global tier (no TTL)."""
+        if self._cache is None:
+            raise InvalidInput("this server runs without a synthesis cache (--tts-cache off)")
+        if not phrases and not templates:
+            raise InvalidInput("warmup needs phrases or templates")
+        if len(phrases) + len(templates) > self._limits.max_warmup_items:
+            raise InvalidInput(
+                f"at most {self._limits.max_warmup_items} phrases and templates per warmup call"
+            )
+        plans = [self._prepare(replace(request, text=p, input=SynthesisInput.TEXT)) for p in phrases]
+        parsed = [(t, parse_template(t)) for t in templates]
+        n_phrases = n_templates = 0
+        for plan in plans:
+            emitter = _Emitter(plan.request, self._tts.sample_rate_hz, plan.sample_rate_hz)
+            try:
+                async for _ in self._produce(plan, emitter, streaming=False):
+                    pass
+            finally:
+                emitter.close()
+            n_phrases += await self._cache.put_phrase(plan.key, None, emitter.cached())
+        for source, template in parsed:
+            # The template spoken with each slot's name in its place stands in for a reply.
+            names = tuple((name, name.replace("_", " ")) for name in template.slots)
+            stand_in = replace(request, text=source, input=SynthesisInput.TEMPLATE, entities=names)
+            plan = _Plan(stand_in, self._tts.resolve_voice(request.voice), 0, template, "")
+            split = self._split(template, dict(names))
+            if not (split.lead or split.partial):
+                continue  # a template that starts with its slot has no prefix to keep
+            made = _Made()
+            async for _ in self._full_template(plan, split, made):
+                pass
+            n_templates += await self._store_prefix(plan, None, made)
+        return n_phrases, n_templates
+
+    # -- producing audio ----------------------------------------------------------------------
+
+    def _replay(self, plan: _Plan, hit: CachedAudio) -> list[EncodedAudio]:
+        out = []
+        offset = 0
+        for i, (data, duration) in enumerate(zip(hit.chunks, hit.durations_ms, strict=True)):
+            header = b""
+            if i == 0 and plan.request.encoding is Encoding.WAV:
+                header = wav_header(plan.sample_rate_hz, 1, None)
+            out.append(
+                EncodedAudio(
+                    data=header + data,
+                    encoding=plan.request.encoding,
+                    sample_rate_hz=plan.sample_rate_hz,
+                    offset_ms=offset,
+                    duration_ms=duration,
+                    last=i == len(hit.chunks) - 1,
+                    cache_status=HIT,
+                )
+            )
+            offset += duration
+        return out
+
+    async def _produce(
+        self, plan: _Plan, emitter: _Emitter, *, streaming: bool
+    ) -> AsyncIterator[EncodedAudio]:
+        status = MISS if self._uses_cache(plan.request.context) else NONE
+        if plan.template is not None:
+            async for chunk in self._template(plan, emitter, streaming=streaming, status=status):
+                yield chunk
+            return
+        # SSML as sent: error positions refer to the caller's text.
+        units = await self._units(plan, plan.request.text)
+        for i, unit in enumerate(units):
+            audio = await self._render(plan.voice, unit)
+            yield emitter.emit(audio, status, last=i == len(units) - 1)
+
+    def _split(self, template: Template, entities: dict[str, str]) -> _TemplateSplit:
+        """Sentences before the slot's sentence (lead), the slot sentence's words before the slot
+        (partial), the rest of that sentence (first_rest) and the sentences after it (following)."""
+        prefix = template.prefix
+        sentences = self._tts.split_sentences(prefix) if prefix.strip() else []
+        if prefix.rstrip().endswith((".", "!", "?", "…")):
+            lead, partial = sentences, ""
+        else:
+            lead, partial = sentences[:-1], (sentences[-1] if sentences else "")
+        after = self._tts.split_sentences(template.fill_from_first_slot(entities))
+        return _TemplateSplit(" ".join(lead), partial, after[0] if after else "", " ".join(after[1:]))
+
+    async def _template(
+        self, plan: _Plan, emitter: _Emitter, *, streaming: bool, status: SynthesisCacheStatus
+    ) -> AsyncIterator[EncodedAudio]:
+        assert plan.template is not None
+        split = self._split(plan.template, dict(plan.request.entities))
+        rate = plan.request.speaking_rate
+        cached = await self._cached_prefix(plan) if split.lead or split.partial else None
+        if cached is not None:
+            lead_audio, prefix = cached
+            head = np.concatenate([lead_audio, prefix.audio]) if prefix is not None else lead_audio
+            if streaming:
+                yield emitter.emit(head, STITCHED, last=False)
+            tail_status = STITCHED
+            if prefix is not None and split.first_rest:
+                rest = await self._tts.phonemes(plan.voice, split.first_rest)
+                self._hooks.on_units(1)
+                audio, check = await self._tts.continue_prefix(
+                    plan.voice, prefix, self._limits.stitch_context_words, rest, rate
+                )
+                passed = check.passes(self._limits.max_joint_pitch_st, self._limits.max_joint_step_db)
+                self._hooks.on_stitch(passed)
+                if not passed:
+                    log.info(
+                        "joint check failed (%.1f st, %.1f dB): full synthesis",
+                        check.pitch_st,
+                        check.step_db,
+                    )
+                if not passed and not streaming:
+                    cached = None  # nothing sent yet: synthesize the whole reply instead
+                elif not passed:
+                    # The prefix is already out: continue from a synthesis of the whole sentence.
+                    audio, _ = await self._tts.continue_prefix(
+                        plan.voice, prefix, len(prefix.words), rest, rate
+                    )
+                    tail_status = status
+                first = [audio]
+            else:
+                rest_units = await self._units(plan, split.first_rest) if split.first_rest else []
+                first = [await self._render(plan.voice, u) for u in rest_units]
+            if cached is not None:
+                if not streaming:
+                    yield emitter.emit(head, STITCHED, last=False)
+                following = await self._units(plan, split.following) if split.following else []
+                for i, audio in enumerate(first):
+                    yield emitter.emit(audio, tail_status, last=not following and i == len(first) - 1)
+                for i, unit in enumerate(following):
+                    audio = await self._render(plan.voice, unit)
+                    yield emitter.emit(audio, tail_status, last=i == len(following) - 1)
+                return
+        made = _Made()
+        async for audio, last in self._full_template(plan, split, made):
+            yield emitter.emit(audio, status, last=last)
+        await self._store_prefix(plan, plan.request.context, made)
+
+    async def _full_template(
+        self, plan: _Plan, split: _TemplateSplit, made: _Made
+    ) -> AsyncIterator[tuple[Float32Array, bool]]:
+        """The whole reply, sentence by sentence; keeps the lead sentences' audio and the prefix state."""
+        lead_units = await self._units(plan, split.lead) if split.lead else []
+        following = await self._units(plan, split.following) if split.following else []
+        lead: list[Float32Array] = []
+        for unit in lead_units:
+            audio = await self._render(plan.voice, unit)
+            lead.append(audio)
+            yield audio, False
+        made.lead = np.concatenate(lead) if lead else np.zeros(0, np.float32)
+        made.complete = True
+        sentence = " ".join(x for x in (split.partial, split.first_rest) if x)
+        if split.partial and split.first_rest and self._tts.can_splice(plan.voice):
+            words = (await self._tts.phonemes(plan.voice, split.partial)).split()
+            rest = await self._tts.phonemes(plan.voice, split.first_rest)
+            self._hooks.on_units(1)
+            try:
+                audio, made.prefix = await self._tts.render_split(
+                    plan.voice, words, rest, plan.request.speaking_rate
+                )
+                yield audio, not following
+            except ValueError:  # a prefix too short to splice onto
+                made.complete = False
+                sentence_units = await self._units(plan, sentence)
+                for i, unit in enumerate(sentence_units):
+                    yield await self._render(plan.voice, unit), not following and i == len(sentence_units) - 1
+        elif sentence:
+            made.complete = not split.partial
+            sentence_units = await self._units(plan, sentence)
+            for i, unit in enumerate(sentence_units):
+                yield await self._render(plan.voice, unit), not following and i == len(sentence_units) - 1
+        for i, unit in enumerate(following):
+            yield await self._render(plan.voice, unit), i == len(following) - 1
+
+    def _prefix_key(self, plan: _Plan) -> str:
+        assert plan.template is not None
+        return prefix_key(
+            plan.template.source,
+            voice=plan.voice,
+            speaking_rate=plan.request.speaking_rate,
+            model=self._tts.model_version(plan.voice),
+        )
+
+    async def _cached_prefix(self, plan: _Plan) -> tuple[Float32Array, Prefix | None] | None:
+        if not self._uses_cache(plan.request.context):
+            return None
+        assert self._cache is not None
+        value = await self._cache.get_prefix(self._prefix_key(plan), plan.request.context)
+        if value is None:
+            return None
+        prefix = Prefix.from_dict(value["prefix"]) if value.get("prefix") else None
+        return np.asarray(value["lead"], np.float32), prefix
+
+    async def _store_prefix(self, plan: _Plan, context: RequestContext | None, made: _Made) -> bool:
+        """context None: the global tier (Warmup)."""
+        if self._cache is None or not made.complete or (made.prefix is None and not made.lead.size):
+            return False
+        value = {"lead": made.lead, "prefix": made.prefix.to_dict() if made.prefix is not None else None}
+        return await self._cache.put_prefix(self._prefix_key(plan), context, value)
+
+
+@dataclass(frozen=True, slots=True)
+class _TemplateSplit:
+    lead: str
+    partial: str
+    first_rest: str
+    following: str
+
+
+@dataclass
+class _Made:
+    """What a full synthesis of a template leaves for the prefix cache."""
+
+    lead: Float32Array = field(default_factory=lambda: np.zeros(0, np.float32))
+    prefix: Prefix | None = None
+    # False when the prefix could not be captured (nothing worth caching).
+    complete: bool = False

@@ -1,17 +1,21 @@
-"""voxwire.v1.CacheAdmin. No cache tier exists in this version: the operations that need one say so."""
+"""voxwire.v1.CacheAdmin: statistics, per-user purge and warm-up of the synthesis caches."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
 
 from voxwire.v1 import cache_admin_pb2, cache_admin_pb2_grpc
 from voxwire_server import __version__
-from voxwire_server.errors import NotImplementedCapability
+from voxwire_server.errors import InvalidInput, NotImplementedCapability
 from voxwire_server.logcontext import new_request_id
 from voxwire_server.sessions.runtime import Runtime
+from voxwire_server.transport import convert
 from voxwire_server.transport.status import mapped_errors
+
+log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -25,8 +29,15 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
     ) -> cache_admin_pb2.GetStatsResponse:
         t = self._rt.telemetry
         recognizer, synthesizer = self._rt.engines()
+        cache = self._rt.synthesis_cache
+        tiers = await cache.stats() if cache is not None else []
         return cache_admin_pb2.GetStatsResponse(
-            tiers=[],
+            tiers=[
+                cache_admin_pb2.CacheTierStats(
+                    tier=x.tier, entries=x.entries, hits=x.hits, misses=x.misses, bytes=x.bytes
+                )
+                for x in tiers
+            ],
             uptime_s=t.uptime_s,
             active_streams=t.active_streams,
             recognize_requests=t.recognize_requests,
@@ -41,13 +52,23 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
         self, request: cache_admin_pb2.PurgeUserRequest, context: Context
     ) -> cache_admin_pb2.PurgeUserResponse:
         async with mapped_errors(context, new_request_id()):
-            raise NotImplementedCapability("PurgeUser (per-user cache purge; no cache tier exists yet)")
+            if not request.user_id:
+                raise InvalidInput("user_id is empty: PurgeUser removes one user's entries")
+            cache = self._rt.synthesis_cache
+            removed = await cache.purge_user(request.tenant_id, request.user_id) if cache is not None else 0
+            log.info("purged %d cache entries of one user", removed)
+            return cache_admin_pb2.PurgeUserResponse(entries_removed=removed)
 
     async def Warmup(
         self, request: cache_admin_pb2.WarmupRequest, context: Context
     ) -> cache_admin_pb2.WarmupResponse:
-        async with mapped_errors(context, new_request_id()):
-            raise NotImplementedCapability("Warmup (the TTS phrase cache)")
+        rid = new_request_id()
+        async with mapped_errors(context, rid):
+            base = convert.warmup_request(request, rid)
+            phrases, templates = await self._rt.synthesis().warmup(
+                base, list(request.phrases), list(request.templates)
+            )
+            return cache_admin_pb2.WarmupResponse(phrases_cached=phrases, templates_cached=templates)
 
     async def SubmitCorrection(
         self, request: cache_admin_pb2.SubmitCorrectionRequest, context: Context

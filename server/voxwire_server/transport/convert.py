@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voxwire.v1 import common_pb2, recognizer_pb2, synthesizer_pb2
+from voxwire.v1 import cache_admin_pb2, common_pb2, recognizer_pb2, synthesizer_pb2
 from voxwire_server.domain import (
     AudioFormat,
     CachePolicy,
@@ -16,11 +16,13 @@ from voxwire_server.domain import (
     SpeechEvent,
     SpeechEventType,
     StreamUpdate,
+    SynthesisCacheStatus,
+    SynthesisInput,
     SynthesisRequest,
     Tier,
     VoiceInfo,
 )
-from voxwire_server.errors import InvalidInput, NotImplementedCapability
+from voxwire_server.errors import InvalidInput
 
 _ENCODINGS_PB = {
     Encoding.LINEAR16: common_pb2.LINEAR16,
@@ -160,22 +162,52 @@ def stream_update(update: StreamUpdate, stream_id: str) -> recognizer_pb2.Stream
 
 def synthesis_request(pb: synthesizer_pb2.SynthesizeRequest, request_id: str) -> SynthesisRequest:
     kind = pb.WhichOneof("input")
-    if kind == "ssml":
-        raise NotImplementedCapability("SSML input")
-    if kind == "template":
-        raise NotImplementedCapability("template synthesis")
     if kind is None:
         raise InvalidInput("text is empty: set text, ssml or template")
     if pb.sample_rate_hz < 0:
         raise InvalidInput("sample_rate_hz must not be negative")
+    text = pb.text
+    entities: tuple[tuple[str, str], ...] = ()
+    if kind == "ssml":
+        text = pb.ssml
+    elif kind == "template":
+        text, entities = pb.template.template, tuple(sorted(pb.template.entities.items()))
     return SynthesisRequest(
-        text=pb.text,
+        text=text,
         voice=pb.voice,
         speaking_rate=pb.speaking_rate or 1.0,
         encoding=encoding(pb.encoding, default=Encoding.WAV),
         sample_rate_hz=pb.sample_rate_hz,
         context=context(pb.context, request_id),
+        input=SynthesisInput(kind),
+        entities=entities,
     )
+
+
+def warmup_request(pb: cache_admin_pb2.WarmupRequest, request_id: str) -> SynthesisRequest:
+    """The voice and format a Warmup fills the cache for (its phrases and templates come apart)."""
+    if pb.sample_rate_hz < 0:
+        raise InvalidInput("sample_rate_hz must not be negative")
+    return SynthesisRequest(
+        text="",
+        voice=pb.voice,
+        speaking_rate=pb.speaking_rate or 1.0,
+        encoding=encoding(pb.encoding, default=Encoding.WAV),
+        sample_rate_hz=pb.sample_rate_hz,
+        context=RequestContext(request_id=request_id),
+    )
+
+
+_CACHE_STATUS_PB = {
+    SynthesisCacheStatus.NONE: synthesizer_pb2.SYNTHESIS_CACHE_STATUS_UNSPECIFIED,
+    SynthesisCacheStatus.MISS: synthesizer_pb2.SYNTHESIS_CACHE_STATUS_MISS,
+    SynthesisCacheStatus.HIT: synthesizer_pb2.SYNTHESIS_CACHE_STATUS_HIT,
+    SynthesisCacheStatus.STITCHED: synthesizer_pb2.SYNTHESIS_CACHE_STATUS_STITCHED,
+}
+
+
+def cache_status_pb(value: SynthesisCacheStatus) -> synthesizer_pb2.SynthesisCacheStatus.ValueType:
+    return _CACHE_STATUS_PB[value]
 
 
 def encoding_pb(value: Encoding) -> common_pb2.AudioEncoding.ValueType:
@@ -189,8 +221,7 @@ def chunk(audio: EncodedAudio, sequence: int) -> synthesizer_pb2.SynthesisChunk:
         sample_rate_hz=audio.sample_rate_hz,
         audio_offset_ms=audio.offset_ms,
         audio_duration_ms=audio.duration_ms,
-        # No phrase cache exists yet: no tier was consulted.
-        cache_status=synthesizer_pb2.SYNTHESIS_CACHE_STATUS_UNSPECIFIED,
+        cache_status=cache_status_pb(audio.cache_status),
         sequence=sequence,
         last=audio.last,
     )

@@ -13,7 +13,6 @@ from voxwire.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 from voxwire_server.config import OUTPUT_SAMPLE_RATES_HZ
 from voxwire_server.logcontext import new_request_id
 from voxwire_server.sessions.runtime import Runtime
-from voxwire_server.sessions.synthesis import SynthesisSession
 from voxwire_server.transport import convert
 from voxwire_server.transport.status import mapped_errors
 
@@ -26,9 +25,6 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
 
-    def _session(self) -> SynthesisSession:
-        return SynthesisSession(self._rt.synthesizer, self._rt.synthesis_limits)
-
     async def Synthesize(
         self, request: synthesizer_pb2.SynthesizeRequest, context: Context
     ) -> synthesizer_pb2.SynthesizeResponse:
@@ -36,14 +32,19 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         self._rt.telemetry.synthesize_requests += 1
         async with mapped_errors(context, rid):
             req = convert.synthesis_request(request, rid)
-            audio, voice = await self._session().synthesize(req)
-            log.info("synthesized %d ms with voice %s", audio.duration_ms, voice)
+            audio, voice = await self._rt.synthesis().synthesize(req)
+            log.info(
+                "synthesized %d ms with voice %s (cache: %s)",
+                audio.duration_ms,
+                voice,
+                audio.cache_status.value,
+            )
             return synthesizer_pb2.SynthesizeResponse(
                 audio=audio.data,
                 encoding=convert.encoding_pb(audio.encoding),
                 sample_rate_hz=audio.sample_rate_hz,
                 audio_duration_ms=audio.duration_ms,
-                cache_status=synthesizer_pb2.SYNTHESIS_CACHE_STATUS_UNSPECIFIED,
+                cache_status=convert.cache_status_pb(audio.cache_status),
                 voice=voice,
             )
 
@@ -53,14 +54,18 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         rid = new_request_id()
         started = time.perf_counter()
         self._rt.telemetry.synthesize_requests += 1
-        async with mapped_errors(context, rid):
-            req = convert.synthesis_request(request, rid)
-            sequence = 0
-            async for audio in self._session().stream(req):
-                if sequence == 0:
-                    self._rt.telemetry.tts_first_audio.observe(time.perf_counter() - started)
-                yield convert.chunk(audio, sequence)
-                sequence += 1
+        self._rt.telemetry.tts_streams.inc()
+        try:
+            async with mapped_errors(context, rid):
+                req = convert.synthesis_request(request, rid)
+                sequence = 0
+                async for audio in self._rt.synthesis().stream(req):
+                    if sequence == 0:
+                        self._rt.telemetry.tts_first_audio.observe(time.perf_counter() - started)
+                    yield convert.chunk(audio, sequence)
+                    sequence += 1
+        finally:
+            self._rt.telemetry.tts_streams.dec()
 
     async def ListVoices(
         self, request: synthesizer_pb2.ListVoicesRequest, context: Context

@@ -1,0 +1,1 @@
+"""Caches that keep repeated work off the models: synthesis phrases and template prefixes."""
