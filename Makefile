@@ -43,6 +43,7 @@ bench: $(STAMP) ## Run the benchmarks (loopback only, bounded)
 	$(PY) benchmarks/recognize_latency.py
 	$(PY) benchmarks/asr_load.py
 	$(PY) benchmarks/batch_scaling.py
+	$(PY) benchmarks/tts_load.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
