@@ -24,6 +24,7 @@ from voxwire.errors import UnavailableError, VoxwireError
 from voxwire.sync import Client
 from voxwire.types import (
     AudioEncoding,
+    CachePolicy,
     Endpointing,
     ModelTier,
     RecognitionConfig,
@@ -106,7 +107,19 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("say", help="synthesize speech to a file")
     p.add_argument("text", metavar="TEXT")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write")
-    p.add_argument("--ssml", action="store_true", help="TEXT is SSML")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--ssml", action="store_true", help="TEXT is SSML")
+    kind.add_argument(
+        "--template", action="store_true", help="TEXT is a template with {slots}, filled from --entity"
+    )
+    p.add_argument(
+        "--entity", action="append", default=[], metavar="NAME=VALUE", help="a template slot's value (repeat)"
+    )
+    p.add_argument("--tenant", default="", help="tenant id (cache entries are salted per tenant)")
+    p.add_argument("--user", default="", help="user id (personal cache entries; PurgeUser removes them)")
+    p.add_argument(
+        "--cache", choices=["use", "bypass", "do_not_store"], default="use", help="cache policy (default use)"
+    )
     p.add_argument("--voice", default="", help="voice name (default: the server's)")
     p.add_argument("--rate", type=float, default=1.0, help="speaking rate, 0.5 to 2.0")
     p.add_argument("--sample-rate", type=int, default=0, metavar="HZ", help="output rate (default: native)")
@@ -123,6 +136,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", default="", help="one tenant's counters")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_stats)
+
+    p = commands.add_parser("warmup", help="put phrases and template prefixes in the global synthesis cache")
+    p.add_argument("--phrase", action="append", default=[], help="a phrase to cache (repeat)")
+    p.add_argument("--template", action="append", default=[], help="a template with {slots} (repeat)")
+    p.add_argument("--voice", default="", help="voice name (default: the server's)")
+    p.add_argument("--rate", type=float, default=1.0, help="speaking rate, 0.5 to 2.0")
+    p.add_argument("--sample-rate", type=int, default=0, metavar="HZ", help="output rate (default: native)")
+    p.add_argument("--encoding", choices=["wav", "linear16", "ogg_opus"], default="wav")
+    p.set_defaults(handler=_warmup)
+
+    p = commands.add_parser("purge", help="remove every cache entry of one user")
+    p.add_argument("user", metavar="USER")
+    p.add_argument("--tenant", default="", help="the user's tenant")
+    p.set_defaults(handler=_purge)
 
     p = commands.add_parser("health", help="print the health status (exit 0 when SERVING)")
     p.add_argument("--service", default="", help="a service name; default: the whole server")
@@ -234,14 +261,31 @@ def _update_json(update: StreamUpdate) -> dict[str, Any]:
     return body
 
 
+def _entities(pairs: list[str]) -> dict[str, str]:
+    entities = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--entity expects NAME=VALUE, got {pair!r}")
+        entities[name.strip()] = value
+    return entities
+
+
 def _say(client: Client, args: argparse.Namespace) -> int:
     encoding = AudioEncoding(args.encoding)
     text_args: dict[str, Any] = {"ssml": args.text} if args.ssml else {"text": args.text}
+    if args.template:
+        text_args = {"template": args.text, "entities": _entities(args.entity)}
+    elif args.entity:
+        raise ValueError("--entity needs --template")
     options: dict[str, Any] = {
         "voice": args.voice,
         "speaking_rate": args.rate,
         "encoding": encoding,
         "sample_rate_hz": args.sample_rate,
+        "tenant_id": args.tenant,
+        "user_id": args.user,
+        "cache_policy": CachePolicy(args.cache),
     }
     out = Path(args.output)
     started = time.monotonic()
@@ -315,6 +359,26 @@ def _stats(client: Client, args: argparse.Namespace) -> int:
         for t in stats.tiers:
             ratio = f"{100 * t.hit_ratio:.1f}" if t.hit_ratio is not None else "-"
             print(f"{t.tier:<16} {t.entries:>9} {t.hits:>9} {t.misses:>9} {ratio:>6} {t.size_bytes:>12}")
+    return 0
+
+
+def _warmup(client: Client, args: argparse.Namespace) -> int:
+    if not args.phrase and not args.template:
+        raise ValueError("give at least one --phrase or --template")
+    phrases, templates = client.warmup(
+        args.phrase,
+        args.template,
+        args.voice,
+        speaking_rate=args.rate,
+        encoding=AudioEncoding(args.encoding),
+        sample_rate_hz=args.sample_rate,
+    )
+    print(f"cached {phrases} phrases and {templates} template prefixes")
+    return 0
+
+
+def _purge(client: Client, args: argparse.Namespace) -> int:
+    print(f"removed {client.purge_user(args.tenant, args.user)} cache entries")
     return 0
 
 

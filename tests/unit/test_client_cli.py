@@ -125,10 +125,14 @@ class FakeServer(
         return cache_admin_pb2.GetStatsResponse(tiers=[tier], server_version="0.1.0", active_streams=1)
 
     def PurgeUser(self, request: Any, context: Any) -> Any:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+        self.requests.append(request)
+        return cache_admin_pb2.PurgeUserResponse(entries_removed=7)
 
     def Warmup(self, request: Any, context: Any) -> Any:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+        self.requests.append(request)
+        return cache_admin_pb2.WarmupResponse(
+            phrases_cached=len(request.phrases), templates_cached=len(request.templates)
+        )
 
     def SubmitCorrection(self, request: Any, context: Any) -> Any:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
@@ -259,6 +263,55 @@ def test_say_writes_the_wav_the_server_returns(
     assert capsys.readouterr().err.startswith(f"wrote {out}: 0.10 s of audio at 16000 Hz, wav, voice amy")
     (request,) = fake.requests
     assert (request.text, request.voice, request.speaking_rate) == ("Hello there.", "amy", 1.5)
+
+
+def test_say_a_template_for_a_user(server: tuple[str, FakeServer], tmp_path: Path) -> None:
+    target, fake = server
+    out = tmp_path / "next.wav"
+    argv = ["--server", target, "say", "Next is {song} by {artist}.", "-o", str(out), "--template"]
+    argv += ["--entity", "song=Let It Be", "--entity", "artist=the Beatles", "--user", "u1", "--tenant", "t1"]
+    assert main([*argv, "--cache", "do_not_store"]) == 0
+    (request,) = fake.requests
+    assert request.WhichOneof("input") == "template"
+    assert request.template.template == "Next is {song} by {artist}."
+    assert dict(request.template.entities) == {"song": "Let It Be", "artist": "the Beatles"}
+    assert (request.context.tenant_id, request.context.user_id) == ("t1", "u1")
+    assert request.context.cache_policy == common_pb2.CACHE_POLICY_DO_NOT_STORE
+
+
+def test_say_rejects_an_entity_without_a_template(
+    server: tuple[str, FakeServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target, fake = server
+    assert main(["--server", target, "say", "Hi", "-o", str(tmp_path / "x.wav"), "--entity", "a=b"]) != 0
+    assert "--entity needs --template" in capsys.readouterr().err
+    assert main(["--server", target, "say", "{a}", "-o", str(tmp_path / "x.wav"), "--template",
+                 "--entity", "novalue"]) != 0  # fmt: skip
+    assert "NAME=VALUE" in capsys.readouterr().err
+    assert fake.requests == []
+
+
+def test_warmup_and_purge(server: tuple[str, FakeServer], capsys: pytest.CaptureFixture[str]) -> None:
+    target, fake = server
+    argv = [
+        "--server",
+        target,
+        "warmup",
+        "--phrase",
+        "Okay.",
+        "--phrase",
+        "Sure.",
+        "--template",
+        "Hi {name}.",
+    ]
+    assert main([*argv, "--encoding", "ogg_opus", "--sample-rate", "48000"]) == 0
+    assert capsys.readouterr().out.strip() == "cached 2 phrases and 1 template prefixes"
+    warmup = fake.requests[0]
+    assert (list(warmup.phrases), list(warmup.templates)) == (["Okay.", "Sure."], ["Hi {name}."])
+    assert (warmup.encoding, warmup.sample_rate_hz) == (common_pb2.OGG_OPUS, 48000)
+    assert main(["--server", target, "purge", "u1", "--tenant", "t1"]) == 0
+    assert capsys.readouterr().out.strip() == "removed 7 cache entries"
+    assert (fake.requests[1].tenant_id, fake.requests[1].user_id) == ("t1", "u1")
 
 
 def test_say_linear16_writes_raw_samples(server: tuple[str, FakeServer], tmp_path: Path) -> None:
