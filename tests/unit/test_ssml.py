@@ -346,7 +346,7 @@ def test_bad_ordinals(content: str) -> None:
 
 
 def test_characters_and_spell_out() -> None:
-    assert say("characters", "ABC1") == "A B C one"
+    assert say("characters", "ABC1") == "eigh B C one"  # a lone "A" would be read as the article
     assert say("spell-out", "r2 d2") == "R two D two"
     assert say("characters", "0") == "zero"
     assert '"-" cannot be spelled out' in say_error("characters", "A-B")

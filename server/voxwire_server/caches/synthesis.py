@@ -7,11 +7,12 @@
 A reply's key covers everything that changes its bytes: the normalised text or SSML, voice,
 speaking rate, encoding, sample rate and the voice model's version. A prefix's key covers the
 template, voice, rate and model version (prefixes are kept as native-rate audio and encoded per
-request). Lookups try global, then personal. A store that is down is a miss, never an error.
+request). Lookups try personal, then global. A store that is down is a miss, never an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -116,22 +117,24 @@ class SynthesisCache:
     async def _get(self, kind: str, key: str, context: RequestContext) -> Any | None:
         if context.cache_policy is CachePolicy.BYPASS:
             return None
-        for tier in (GLOBAL, PERSONAL):
+        # The user's own entries first: a prefix made again from a real reply (after a warmed-up
+        # one failed the joint check) must win over the warmed-up one.
+        for tier in (PERSONAL, GLOBAL):
+            store_key = self._store_key(kind, tier, key, context)
             try:
-                data = await self._store.get(self._store_key(kind, tier, key, context))
+                data = await self._store.get(store_key)
+                value = unpack(data) if data is not None else None
             except StoreUnavailable as exc:
                 log.warning("synthesis cache unavailable, treating as a miss: %s", exc)
                 return None
-            if data is None:
-                self._count(kind, tier, hit=False)
-                continue
-            try:
-                value = unpack(data)
             except CodecError:
                 log.warning("dropping an unreadable %s entry", kind)
-                continue
-            self._count(kind, tier, hit=True)
-            return value
+                value = None
+                with contextlib.suppress(StoreUnavailable):
+                    await self._store.delete(store_key)
+            self._count(kind, tier, hit=value is not None)
+            if value is not None:
+                return value
         return None
 
     async def _put(self, kind: str, key: str, context: RequestContext | None, value: Any) -> bool:

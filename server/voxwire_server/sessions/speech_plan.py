@@ -28,7 +28,8 @@ Unit = Speech | Silence
 
 
 def clamp_rate(rate: float) -> float:
-    return min(MAX_RATE, max(MIN_RATE, rate))
+    # Rounded: 1.5 × 0.8 is the same rate as 1.2 (and the same cache key).
+    return round(min(MAX_RATE, max(MIN_RATE, rate)), 3)
 
 
 async def plan_text(tts: SpeechSynthesizer, voice: str, text: str, speaking_rate: float) -> list[Unit]:

@@ -234,8 +234,12 @@ def ordinal(text: str) -> str:
     return ordinal_words(value)
 
 
+# hibari's G2P reads a lone "A" as the article ("uh"); "eigh" is how it says the letter's name.
+_LETTER_NAMES = {"A": "eigh"}
+
+
 def characters(text: str) -> str:
-    """ "ABC1" → "A B C one": letters upper-cased so the G2P reads them as letter names."""
+    """ "ABC1" → "eigh B C one": letters upper-cased so the G2P reads them as letter names."""
     spoken: list[str] = []
     for char in text:
         if char.isspace():
@@ -243,7 +247,7 @@ def characters(text: str) -> str:
         if char.isascii() and char.isdigit():
             spoken.append(_ONES[int(char)])
         elif char.isalpha():
-            spoken.append(char.upper())
+            spoken.append(_LETTER_NAMES.get(char.upper(), char.upper()))
         else:
             raise NotSpeakable(f'"{char}" cannot be spelled out (characters reads letters and digits)')
     if not spoken:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -189,7 +189,7 @@ class SynthesisSession:
 
     # -- public API ---------------------------------------------------------------------------
 
-    async def stream(self, request: SynthesisRequest) -> AsyncIterator[EncodedAudio]:
+    async def stream(self, request: SynthesisRequest) -> AsyncGenerator[EncodedAudio, None]:
         """Yields encoded audio as soon as each piece is ready; cancelling the consumer stops
         synthesis. A reply is stored in the cache only once it was streamed whole."""
         plan = self._prepare(request)
@@ -258,7 +258,13 @@ class SynthesisSession:
                 f"at most {self._limits.max_warmup_items} phrases and templates per warmup call"
             )
         plans = [self._prepare(replace(request, text=p, input=SynthesisInput.TEXT)) for p in phrases]
-        parsed = [(t, parse_template(t)) for t in templates]
+        parsed = []
+        for source in templates:
+            template = parse_template(source)
+            names = tuple((name, name.replace("_", " ")) for name in template.slots)
+            # Validates the voice, rate and format for templates-only warmups too.
+            self._prepare(replace(request, text=source, input=SynthesisInput.TEMPLATE, entities=names))
+            parsed.append((source, template))
         n_phrases = n_templates = 0
         for plan in plans:
             emitter = _Emitter(plan.request, self._tts.sample_rate_hz, plan.sample_rate_hz)
@@ -362,6 +368,7 @@ class SynthesisSession:
                     cached = None  # nothing sent yet: synthesize the whole reply instead
                 elif not passed:
                     # The prefix is already out: continue from a synthesis of the whole sentence.
+                    self._hooks.on_units(1)
                     audio, _ = await self._tts.continue_prefix(
                         plan.voice, prefix, len(prefix.words), rest, rate
                     )

@@ -1,0 +1,363 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from voxwire_server.caches.synthesis import (
+    CachedAudio,
+    SynthesisCache,
+    TierStats,
+    normalized,
+    owner_of,
+    phrase_key,
+    prefix_key,
+)
+from voxwire_server.domain import CachePolicy, Encoding, RequestContext
+from voxwire_server.storage import MemoryStore, StoreStats, StoreUnavailable, pack
+
+TTL_S = 60.0
+ALICE = RequestContext(tenant_id="acme", user_id="alice")
+BOB = RequestContext(tenant_id="acme", user_id="bob")
+ALICE_ELSEWHERE = RequestContext(tenant_id="globex", user_id="alice")
+AUDIO = CachedAudio(chunks=(b"\x01\x02", b"\x03\x04\x05\x06"), durations_ms=(10, 20), sample_rate_hz=24000)
+OTHER_AUDIO = CachedAudio(chunks=(b"\x07\x08",), durations_ms=(5,), sample_rate_hz=16000)
+KEY = phrase_key(
+    "text",
+    "Lights on.",
+    voice="heart",
+    speaking_rate=1.0,
+    encoding=Encoding.WAV,
+    sample_rate_hz=24000,
+    model="m1",
+)
+PREFIX_KEY = prefix_key("Next is {song}.", voice="heart", speaking_rate=1.0, model="m1")
+
+
+@dataclass
+class FakeClock:
+    now_s: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+class RecordingStore(MemoryStore):
+    """A memory store that remembers the keys it was given, so a test can corrupt one."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(1 << 20, clock=clock)
+        self.keys: list[str] = []
+
+    async def set(self, key: str, value: bytes, *, ttl_s: float | None = None, owner: str = "") -> None:
+        self.keys.append(key)
+        await super().set(key, value, ttl_s=ttl_s, owner=owner)
+
+
+class DownStore:
+    """A backend that cannot be reached."""
+
+    name = "down"
+
+    async def get(self, key: str) -> bytes | None:
+        raise StoreUnavailable("connection refused")
+
+    async def set(self, key: str, value: bytes, *, ttl_s: float | None = None, owner: str = "") -> None:
+        raise StoreUnavailable("connection refused")
+
+    async def delete(self, key: str) -> bool:
+        raise StoreUnavailable("connection refused")
+
+    async def purge_owner(self, owner: str) -> int:
+        raise StoreUnavailable("connection refused")
+
+    async def stats(self, prefix: str = "") -> StoreStats:
+        raise StoreUnavailable("connection refused")
+
+    async def aclose(self) -> None:
+        pass
+
+
+@dataclass
+class Setup:
+    cache: SynthesisCache
+    store: RecordingStore
+    clock: FakeClock
+    lookups: list[tuple[str, str]] = field(default_factory=list)
+
+
+@pytest.fixture
+def setup() -> Setup:
+    clock = FakeClock()
+    store = RecordingStore(clock)
+    lookups: list[tuple[str, str]] = []
+    cache = SynthesisCache(
+        store, personal_ttl_s=TTL_S, on_lookup=lambda tier, outcome: lookups.append((tier, outcome))
+    )
+    return Setup(cache, store, clock, lookups)
+
+
+def rows(stats: list[TierStats]) -> dict[str, tuple[int, int, int]]:
+    """tier → (entries, hits, misses)."""
+    return {row.tier: (row.entries, row.hits, row.misses) for row in stats}
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+
+def test_phrase_key_covers_everything_that_changes_the_bytes() -> None:
+    base: dict[str, Any] = {
+        "voice": "heart",
+        "speaking_rate": 1.0,
+        "encoding": Encoding.WAV,
+        "sample_rate_hz": 24000,
+        "model": "m1",
+    }
+    assert phrase_key("text", "Lights on.", **base) == KEY
+    assert phrase_key("text", "  Lights \n on. ", **base) == KEY  # whitespace runs collapse
+    assert phrase_key("text", "Lights on.", **{**base, "speaking_rate": 1.0001}) == KEY  # 3 decimals
+    variants = [
+        phrase_key("ssml", "Lights on.", **base),
+        phrase_key("text", "lights on.", **base),
+        phrase_key("text", "Lights on.", **{**base, "voice": "bella"}),
+        phrase_key("text", "Lights on.", **{**base, "speaking_rate": 1.01}),
+        phrase_key("text", "Lights on.", **{**base, "encoding": Encoding.LINEAR16}),
+        phrase_key("text", "Lights on.", **{**base, "sample_rate_hz": 16000}),
+        phrase_key("text", "Lights on.", **{**base, "model": "m2"}),
+    ]
+    assert len({KEY, *variants}) == len(variants) + 1
+
+
+def test_prefix_key_covers_template_voice_rate_and_model() -> None:
+    assert prefix_key(" Next  is {song}. ", voice="heart", speaking_rate=1.0, model="m1") == PREFIX_KEY
+    variants = [
+        prefix_key("Next is {track}.", voice="heart", speaking_rate=1.0, model="m1"),
+        prefix_key("Next is {song}.", voice="bella", speaking_rate=1.0, model="m1"),
+        prefix_key("Next is {song}.", voice="heart", speaking_rate=1.5, model="m1"),
+        prefix_key("Next is {song}.", voice="heart", speaking_rate=1.0, model="m2"),
+    ]
+    assert len({PREFIX_KEY, *variants}) == len(variants) + 1
+
+
+def test_owner_and_normalized() -> None:
+    assert owner_of("acme", "alice") == owner_of("acme", "alice")
+    assert len({owner_of("acme", "alice"), owner_of("acme", "bob"), owner_of("globex", "alice")}) == 3
+    assert owner_of("ab", "c") != owner_of("a", "bc")
+    assert normalized("  Okay,\t lights\n on. ") == "Okay, lights on."
+
+
+# -- tiers -----------------------------------------------------------------------------------------
+
+
+async def test_personal_miss_put_hit(setup: Setup) -> None:
+    assert await setup.cache.get_phrase(KEY, ALICE) is None
+    assert await setup.cache.put_phrase(KEY, ALICE, AUDIO) is True
+    assert await setup.cache.get_phrase(KEY, ALICE) == AUDIO
+
+
+async def test_global_miss_put_hit_for_every_tenant(setup: Setup) -> None:
+    assert await setup.cache.get_phrase(KEY, ALICE) is None
+    assert await setup.cache.put_phrase(KEY, None, AUDIO) is True
+    for context in (ALICE, BOB, ALICE_ELSEWHERE, RequestContext()):
+        assert await setup.cache.get_phrase(KEY, context) == AUDIO
+
+
+async def test_prefix_miss_put_hit_per_tier(setup: Setup) -> None:
+    value = {"lead": np.arange(5, dtype=np.float32), "prefix": None}
+    assert await setup.cache.get_prefix(PREFIX_KEY, ALICE) is None
+    assert await setup.cache.put_prefix(PREFIX_KEY, ALICE, value) is True
+    found = await setup.cache.get_prefix(PREFIX_KEY, ALICE)
+    assert found is not None and found["prefix"] is None
+    np.testing.assert_array_equal(found["lead"], value["lead"])
+    assert await setup.cache.get_prefix(PREFIX_KEY, BOB) is None
+    assert await setup.cache.put_prefix(PREFIX_KEY, None, {"lead": np.ones(2, np.float32), "prefix": None})
+    found = await setup.cache.get_prefix(PREFIX_KEY, BOB)
+    assert found is not None
+    np.testing.assert_array_equal(found["lead"], np.ones(2, np.float32))
+
+
+async def test_phrases_and_prefixes_do_not_share_keys(setup: Setup) -> None:
+    await setup.cache.put_phrase(KEY, ALICE, AUDIO)
+    assert await setup.cache.get_prefix(KEY, ALICE) is None
+
+
+async def test_personal_is_looked_up_before_global(setup: Setup) -> None:
+    await setup.cache.put_phrase(KEY, ALICE, OTHER_AUDIO)
+    await setup.cache.put_phrase(KEY, None, AUDIO)
+    assert await setup.cache.get_phrase(KEY, ALICE) == OTHER_AUDIO
+    assert setup.lookups == [("tts.phrase.personal", "hit")]
+    assert await setup.cache.get_phrase(KEY, BOB) == AUDIO
+
+
+async def test_personal_entries_are_invisible_to_other_users_and_tenants(setup: Setup) -> None:
+    await setup.cache.put_phrase(KEY, ALICE, AUDIO)
+    assert await setup.cache.get_phrase(KEY, BOB) is None
+    assert await setup.cache.get_phrase(KEY, ALICE_ELSEWHERE) is None
+    assert await setup.cache.get_phrase(KEY, ALICE) == AUDIO
+    # Salted keys: nothing in the store is named after the phrase key.
+    assert all(KEY not in key for key in setup.store.keys)
+
+
+# -- cache policies --------------------------------------------------------------------------------
+
+
+async def test_bypass_neither_reads_nor_stores_nor_counts(setup: Setup) -> None:
+    bypass = RequestContext("acme", "alice", CachePolicy.BYPASS)
+    await setup.cache.put_phrase(KEY, ALICE, AUDIO)
+    await setup.cache.put_phrase(KEY, None, AUDIO)
+    assert await setup.cache.get_phrase(KEY, bypass) is None
+    assert await setup.cache.get_prefix(PREFIX_KEY, bypass) is None
+    assert setup.lookups == []
+    assert (
+        await setup.cache.put_phrase(KEY, RequestContext("acme", "carol", CachePolicy.BYPASS), AUDIO) is False
+    )
+    assert await setup.cache.get_phrase(KEY, RequestContext("acme", "carol")) == AUDIO  # the global one
+    assert rows(await setup.cache.stats())["tts.phrase.personal"] == (1, 0, 1)
+
+
+async def test_do_not_store_reads_but_does_not_store(setup: Setup) -> None:
+    carol = RequestContext("acme", "carol", CachePolicy.DO_NOT_STORE)
+    assert await setup.cache.put_phrase(KEY, carol, AUDIO) is False
+    assert await setup.cache.put_prefix(PREFIX_KEY, carol, {"lead": None}) is False
+    assert setup.store.keys == []
+    assert await setup.cache.get_phrase(KEY, carol) is None
+    await setup.cache.put_phrase(KEY, RequestContext("acme", "carol"), AUDIO)
+    assert await setup.cache.get_phrase(KEY, carol) == AUDIO
+
+
+# -- expiry and purging ----------------------------------------------------------------------------
+
+
+async def test_global_entries_never_expire(setup: Setup) -> None:
+    await setup.cache.put_phrase(KEY, None, AUDIO)
+    setup.clock.now_s += 10 * 365 * 24 * 3600
+    assert await setup.cache.get_phrase(KEY, ALICE) == AUDIO
+
+
+async def test_personal_entries_expire_after_the_ttl(setup: Setup) -> None:
+    await setup.cache.put_phrase(KEY, ALICE, AUDIO)
+    await setup.cache.put_prefix(PREFIX_KEY, ALICE, {"lead": None, "prefix": None})
+    setup.clock.now_s += TTL_S - 1
+    assert await setup.cache.get_phrase(KEY, ALICE) == AUDIO
+    setup.clock.now_s += 2
+    assert await setup.cache.get_phrase(KEY, ALICE) is None
+    assert await setup.cache.get_prefix(PREFIX_KEY, ALICE) is None
+
+
+async def test_purge_user_removes_only_that_users_entries(setup: Setup) -> None:
+    other_key = KEY[::-1]
+    await setup.cache.put_phrase(KEY, ALICE, AUDIO)
+    await setup.cache.put_prefix(PREFIX_KEY, ALICE, {"lead": None, "prefix": None})
+    await setup.cache.put_phrase(KEY, BOB, AUDIO)
+    await setup.cache.put_phrase(KEY, ALICE_ELSEWHERE, AUDIO)
+    await setup.cache.put_phrase(other_key, None, OTHER_AUDIO)
+    assert await setup.cache.purge_user("acme", "alice") == 2
+    assert await setup.cache.get_phrase(KEY, ALICE) is None
+    assert await setup.cache.get_prefix(PREFIX_KEY, ALICE) is None
+    assert await setup.cache.get_phrase(KEY, BOB) == AUDIO
+    assert await setup.cache.get_phrase(KEY, ALICE_ELSEWHERE) == AUDIO
+    assert await setup.cache.get_phrase(other_key, ALICE) == OTHER_AUDIO
+    assert await setup.cache.purge_user("acme", "alice") == 0
+
+
+# -- a store that is down, bytes that are not ours -------------------------------------------------
+
+
+async def test_a_store_that_is_down_is_a_miss_and_a_put_is_a_no_op() -> None:
+    lookups: list[tuple[str, str]] = []
+    cache = SynthesisCache(DownStore(), personal_ttl_s=TTL_S, on_lookup=lambda t, o: lookups.append((t, o)))
+    assert await cache.get_phrase(KEY, ALICE) is None
+    assert await cache.get_prefix(PREFIX_KEY, ALICE) is None
+    assert await cache.put_phrase(KEY, ALICE, AUDIO) is False
+    assert await cache.put_phrase(KEY, None, AUDIO) is False
+    assert await cache.put_prefix(PREFIX_KEY, ALICE, {"lead": None}) is False
+    assert lookups == []
+    assert [(r.tier, r.entries, r.bytes, r.hits, r.misses) for r in await cache.stats()] == [
+        ("tts.phrase.global", -1, -1, 0, 0),
+        ("tts.phrase.personal", -1, -1, 0, 0),
+        ("tts.prefix.global", -1, -1, 0, 0),
+        ("tts.prefix.personal", -1, -1, 0, 0),
+    ]
+
+
+async def test_purging_a_user_on_a_store_that_is_down_is_an_error() -> None:
+    # Unlike a lookup, a purge must not pretend to have succeeded.
+    with pytest.raises(StoreUnavailable):
+        await SynthesisCache(DownStore(), personal_ttl_s=TTL_S).purge_user("acme", "alice")
+
+
+async def test_unreadable_bytes_are_a_miss(setup: Setup) -> None:
+    await setup.cache.put_phrase(KEY, ALICE, AUDIO)
+    (key,) = setup.store.keys
+    await setup.store.set(key, b"\x93\x01\x02\x03")  # msgpack, but not from this codec
+    assert await setup.cache.get_phrase(KEY, ALICE) is None
+
+
+async def test_an_unreadable_personal_entry_falls_through_to_global(setup: Setup) -> None:
+    await setup.cache.put_phrase(KEY, ALICE, OTHER_AUDIO)
+    (personal_key,) = setup.store.keys
+    await setup.store.set(personal_key, b"garbage")
+    await setup.cache.put_phrase(KEY, None, AUDIO)
+    assert await setup.cache.get_phrase(KEY, ALICE) == AUDIO
+
+
+async def test_an_unreadable_entry_is_removed_from_the_store(setup: Setup) -> None:
+    await setup.cache.put_phrase(KEY, None, AUDIO)
+    (key,) = setup.store.keys
+    await setup.store.set(key, b"garbage")
+    assert await setup.cache.get_phrase(KEY, ALICE) is None
+    assert (await setup.store.stats("tts.phrase:")).entries == 0
+
+
+# -- counters ----------------------------------------------------------------------------------------
+
+
+async def test_on_lookup_reports_each_tier_tried(setup: Setup) -> None:
+    await setup.cache.get_phrase(KEY, ALICE)
+    assert setup.lookups == [("tts.phrase.personal", "miss"), ("tts.phrase.global", "miss")]
+    setup.lookups.clear()
+    await setup.cache.put_prefix(PREFIX_KEY, ALICE, {"lead": None, "prefix": None})
+    await setup.cache.get_prefix(PREFIX_KEY, ALICE)
+    assert setup.lookups == [("tts.prefix.personal", "hit")]
+
+
+async def test_stats_rows_count_entries_bytes_hits_and_misses(setup: Setup) -> None:
+    await setup.cache.put_phrase(KEY, None, AUDIO)
+    await setup.cache.put_phrase(KEY, ALICE, OTHER_AUDIO)
+    await setup.cache.put_phrase(KEY, BOB, OTHER_AUDIO)
+    await setup.cache.put_prefix(PREFIX_KEY, ALICE, {"lead": None, "prefix": None})
+    assert await setup.cache.get_phrase(KEY, ALICE) == OTHER_AUDIO  # personal hit
+    assert await setup.cache.get_phrase(KEY[::-1], ALICE) is None  # two misses
+    assert await setup.cache.get_prefix(PREFIX_KEY, ALICE) is not None  # personal hit
+    assert await setup.cache.get_prefix(PREFIX_KEY, BOB) is None  # two misses
+
+    def size(audio: CachedAudio) -> int:
+        value = {
+            "chunks": list(audio.chunks),
+            "durations_ms": list(audio.durations_ms),
+            "sample_rate_hz": audio.sample_rate_hz,
+        }
+        return len(pack(value))
+
+    assert await setup.cache.stats() == [
+        TierStats("tts.phrase.global", entries=1, hits=0, misses=1, bytes=size(AUDIO)),
+        TierStats("tts.phrase.personal", entries=2, hits=1, misses=1, bytes=2 * size(OTHER_AUDIO)),
+        TierStats("tts.prefix.global", entries=0, hits=0, misses=1, bytes=0),
+        TierStats(
+            "tts.prefix.personal",
+            entries=1,
+            hits=1,
+            misses=1,
+            bytes=len(pack({"lead": None, "prefix": None})),
+        ),
+    ]
+
+
+async def test_a_cache_without_a_lookup_callback_still_counts() -> None:
+    cache = SynthesisCache(MemoryStore(1 << 16), personal_ttl_s=TTL_S)
+    await cache.put_phrase(KEY, ALICE, AUDIO)
+    assert await cache.get_phrase(KEY, ALICE) == AUDIO
+    assert rows(await cache.stats())["tts.phrase.personal"] == (1, 1, 0)
+    assert cache.store.name == "memory"
