@@ -50,10 +50,7 @@ import contextlib
 import json
 import os
 import random
-import re
-import select
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -64,6 +61,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.server_process import START_TIMEOUT_S, start_server, stop_server  # noqa: E402
 from tests.helpers import DATA_DIR, normalize, wer  # noqa: E402
 from voxwire import AsyncClient, AudioEncoding, RecognitionConfig, VoxwireError, read_audio_file  # noqa: E402
 from voxwire.audio import chunk_bytes_for, iter_chunks  # noqa: E402
@@ -73,7 +71,6 @@ RATE_HZ = 16_000
 GAP_S = 1.0  # digital silence after every clip: more than the endpointer's silence_ms
 STAGGER_S = 1.0
 MAX_CLIPS_PER_STREAM = 200
-SERVER_START_TIMEOUT_S = 180.0
 IDLE_WAIT_S = 30.0
 
 
@@ -159,38 +156,6 @@ def baseline(clips: list[Clip]) -> tuple[dict[str, float], dict[str, str]]:
         texts[clip.id] = " ".join(s.text.strip() for s in segments)
         times[clip.id] = time.perf_counter() - started
     return times, texts
-
-
-def start_server(silence_ms: int, partial_interval_ms: int) -> tuple[subprocess.Popen[str], str]:
-    command = [
-        str(Path(sys.executable).parent / "voxwire-server"),
-        "--listen",
-        "127.0.0.1:0",
-        "--log-level",
-        "WARNING",
-        "--silence-ms",
-        str(silence_ms),
-        "--partial-interval-ms",
-        str(partial_interval_ms),
-    ]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], SERVER_START_TIMEOUT_S)
-    match = re.search(r"listening on (127\.0\.0\.1:\d+)", proc.stdout.readline()) if ready else None
-    if match is None:
-        proc.kill()
-        proc.wait()
-        raise SystemExit("voxwire-server did not start on loopback")
-    return proc, match.group(1)
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -435,7 +400,7 @@ async def run_levels(
     t_start: float,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     async with AsyncClient(target, timeout_s=5) as client:
-        for _ in range(int(SERVER_START_TIMEOUT_S)):
+        for _ in range(int(START_TIMEOUT_S)):
             with contextlib.suppress(VoxwireError):
                 if await client.health() == "SERVING":
                     break
@@ -578,7 +543,9 @@ def main() -> None:
         "wer": wer([(c.reference, base_texts[c.id]) for c in pool]),
         "per_clip_s": base_times,
     }
-    proc, target = start_server(args.silence_ms, args.partial_interval_ms)
+    proc, target = start_server(
+        "--silence-ms", str(args.silence_ms), "--partial-interval-ms", str(args.partial_interval_ms)
+    )
     try:
         rows, skipped = asyncio.run(
             run_levels(target, proc.pid, pool, levels, args, (base_texts, base_median_s), t_start)

@@ -17,9 +17,7 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.server_process import start_server, stop_server  # noqa: E402
 from tests.helpers import DATA_DIR, wer  # noqa: E402
 from voxwire import AsyncClient, AudioEncoding, RecognitionConfig, read_audio_file  # noqa: E402
 from voxwire.audio import chunk_bytes_for, iter_chunks  # noqa: E402
@@ -44,26 +43,6 @@ def load_clips(count: int) -> list[dict[str, object]]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "voxwire-server"),
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    match = re.search(r"listening on (\S+:\d+)", proc.stdout.readline())
-    if match is None:
-        proc.kill()
-        raise SystemExit("voxwire-server did not start")
-    return proc, match.group(1)
 
 
 def baseline(clips: list[dict[str, object]]) -> tuple[list[float], list[str]]:
@@ -145,8 +124,7 @@ def main() -> None:
     try:
         got = asyncio.run(measure(target, clips))
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(proc)
 
     def row(name: str, times: list[float], texts: list[str]) -> dict[str, float | str]:
         return {

@@ -51,10 +51,7 @@ import contextlib
 import json
 import os
 import random
-import re
-import select
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -65,6 +62,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.server_process import START_TIMEOUT_S, start_server, stop_server  # noqa: E402
 from tests.tts_eval import TEMPLATES, evaluate_pitch, evaluate_wer  # noqa: E402
 from voxwire import (  # noqa: E402
     AsyncClient,
@@ -76,7 +74,6 @@ from voxwire import (  # noqa: E402
 )
 
 MODES = ("full", "stitched", "cached")
-SERVER_START_TIMEOUT_S = 180.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,38 +106,8 @@ def sentences() -> list[Sentence]:
 # ---------------------------------------------------------------- server
 
 
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    command = [
-        str(Path(sys.executable).parent / "voxwire-server"),
-        "--listen",
-        "127.0.0.1:0",
-        "--log-level",
-        "WARNING",
-        "--cache",
-        "memory",
-    ]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], SERVER_START_TIMEOUT_S)
-    found = re.search(r"listening on (127\.0\.0\.1:\d+)", proc.stdout.readline()) if ready else None
-    if found is None:
-        proc.kill()
-        proc.wait()
-        raise SystemExit("voxwire-server did not start on loopback")
-    return proc, found.group(1)
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 async def wait_serving(client: AsyncClient) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         with contextlib.suppress(VoxwireError):
             if await client.health(timeout_s=5) == "SERVING":
@@ -448,7 +415,7 @@ def main() -> None:
     t_start = time.monotonic()
     all_sentences = sentences()
     quality: dict[str, Any] = {}
-    proc, target = start_server()
+    proc, target = start_server("--cache", "memory")
     try:
         warm, rows, skipped = asyncio.run(run_load(target, all_sentences, args, t_start))
         load_s = time.monotonic() - t_start
