@@ -250,7 +250,7 @@ class SynthesisSession:
     ) -> tuple[int, int]:
         """Synthesizes phrases and template prefixes into the global tier (no TTL)."""
         if self._cache is None:
-            raise InvalidInput("this server runs without a synthesis cache (--tts-cache off)")
+            raise InvalidInput("this server runs without a synthesis cache (--cache off)")
         if not phrases and not templates:
             raise InvalidInput("warmup needs phrases or templates")
         if len(phrases) + len(templates) > self._limits.max_warmup_items:
