@@ -71,7 +71,7 @@ def build_runtime(config: ServerConfig) -> Runtime:
 
 def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthesizer]:
     tune_allocator()
-    log.info("ASR decoder workers: %d", config.effective_asr_workers)
+    log.info("workers: ASR %d, TTS %d", config.effective_asr_workers, config.effective_tts_workers)
     recognizer = WhisperRecognizer(
         config.asr_model,
         accurate_model_path=config.asr_accurate_model,
@@ -84,7 +84,9 @@ def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthe
         max_partial_batch=config.max_partial_batch,
         workers=config.effective_asr_workers,
     )
-    synthesizer = HibariSynthesizer(config.tts_voice, threads=config.tts_threads)
+    synthesizer = HibariSynthesizer(
+        config.tts_voice, threads=config.tts_threads, workers=config.effective_tts_workers
+    )
     recognizer.warm_up()
     synthesizer.warm_up()
     return recognizer, synthesizer

@@ -17,6 +17,7 @@ OUTPUT_SAMPLE_RATES_HZ = (8000, 16000, 22050, 24000, 48000)
 # Decoder workers when asr_workers is 0: one per usable core, at most this many (the event loop,
 # VAD and synthesis need some CPU too).
 MAX_AUTO_ASR_WORKERS = 4
+MAX_AUTO_TTS_WORKERS = 4
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -50,7 +51,8 @@ class ServerConfig:
         1, "partial windows decoded together (small: a final arriving meanwhile waits for less)"
     )
     tts_voice: str = _opt("heart", "default hibari voice (only voices present offline are served)")
-    tts_threads: int = _opt(1, "onnxruntime threads for synthesis")
+    tts_threads: int = _opt(1, "onnxruntime threads inside one synthesis")
+    tts_workers: int = _opt(0, "sentences synthesized at once (0 = one per usable CPU core, at most 4)")
     cache: str = _opt(
         "memory", "where the caches live: memory (in process), redis://HOST:PORT/DB (shared), or off"
     )
@@ -93,6 +95,13 @@ class ServerConfig:
         if self.asr_device != "cpu":
             return 1
         return max(1, min(MAX_AUTO_ASR_WORKERS, len(os.sched_getaffinity(0)) // self.asr_cpu_threads))
+
+    @property
+    def effective_tts_workers(self) -> int:
+        """tts_workers, with 0 resolved to one per usable core (capped)."""
+        if self.tts_workers:
+            return self.tts_workers
+        return max(1, min(MAX_AUTO_TTS_WORKERS, len(os.sched_getaffinity(0)) // self.tts_threads))
 
     def validate(self) -> ServerConfig:
         host, sep, port = self.listen.rpartition(":")
@@ -153,6 +162,8 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be positive, got {value}")
         if self.asr_workers < 0:
             raise ConfigError("asr_workers must not be negative")
+        if self.tts_workers < 0:
+            raise ConfigError("tts_workers must not be negative")
         if self.escalation_max_waiting < 0:
             raise ConfigError("escalation_max_waiting must not be negative")
         if self.max_batch_wait_ms < 0:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from voxwire_server.config import MAX_AUTO_ASR_WORKERS, ServerConfig, load_config
+from voxwire_server.config import MAX_AUTO_ASR_WORKERS, MAX_AUTO_TTS_WORKERS, ServerConfig, load_config
 from voxwire_server.errors import ConfigError
 
 
@@ -33,6 +33,7 @@ def test_flags_win_over_environment() -> None:
         (["--asr-default-tier", "huge"], "fast or accurate"),
         (["--max-streams", "0"], "max_streams must be positive"),
         (["--asr-workers", "-1"], "asr_workers must not be negative"),
+        (["--tts-workers", "-2"], "tts_workers must not be negative"),
     ],
 )
 def test_bad_values_raise_config_error(argv: list[str], message: str) -> None:
@@ -45,8 +46,10 @@ def test_bad_environment_value_is_reported_by_name() -> None:
         load_config([], environ={"VOXWIRE_MAX_CLIP_S": "ten"})
 
 
-def test_asr_workers_default_to_one_per_usable_core_on_the_cpu() -> None:
+def test_workers_default_to_one_per_usable_core() -> None:
     cores = len(os.sched_getaffinity(0))
     assert ServerConfig().effective_asr_workers == max(1, min(MAX_AUTO_ASR_WORKERS, cores))
     assert ServerConfig(asr_workers=3).effective_asr_workers == 3
     assert ServerConfig(asr_device="cuda").effective_asr_workers == 1
+    assert ServerConfig().effective_tts_workers == max(1, min(MAX_AUTO_TTS_WORKERS, cores))
+    assert ServerConfig(tts_workers=1).effective_tts_workers == 1

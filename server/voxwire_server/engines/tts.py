@@ -1,4 +1,4 @@
-"""hibari TTS behind the SpeechSynthesizer seam, with one worker thread."""
+"""hibari TTS behind the SpeechSynthesizer seam, on a pool of worker threads."""
 
 from __future__ import annotations
 
@@ -100,9 +100,12 @@ class _Voice:
 
 
 class HibariSynthesizer:
-    """Loads every hibari voice present on disk (the bundled one at least) and never downloads."""
+    """Loads every hibari voice present on disk (the bundled one at least) and never downloads.
 
-    def __init__(self, default_voice: str = "heart", threads: int = 1) -> None:
+    ``workers`` sentences are synthesized at once: onnxruntime sessions may run concurrently, the
+    vocoder is numpy, and the G2P only reads its lexicons once loaded (warm_up loads them all)."""
+
+    def __init__(self, default_voice: str = "heart", threads: int = 1, workers: int = 1) -> None:
         import hibari
         from hibari import voices as hv
 
@@ -121,7 +124,7 @@ class HibariSynthesizer:
             raise PreconditionFailed(f"default voice {default_voice!r} is not available offline")
         self.default_voice = default_voice
         self.phoneme_symbols = frozenset(self._voices[default_voice].vocab)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
+        self._worker = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tts")
 
     def model_version(self, voice: str) -> str:
         """Changes whenever the voice's model does: part of every synthesis cache key."""
@@ -137,9 +140,10 @@ class HibariSynthesizer:
         return [str(s) for s in Hibari.split_sentences(text)]
 
     def warm_up(self) -> None:
-        # The first call loads the lexicons (~0.3 s): pay it at start-up, not on a user's request.
+        # The first call loads the lexicons (~0.3 s), and the first unknown word the spelling model:
+        # pay both at start-up, not on a user's request (and before workers could race to load them).
         for voice in self._voices.values():
-            voice.vocode(voice.frames(voice.tts.g2p("Warm up."), 1.0))
+            voice.vocode(voice.frames(voice.tts.g2p("Warm up, Zorblaxian."), 1.0))
 
     def voices(self) -> list[VoiceInfo]:
         return [
