@@ -45,8 +45,8 @@ MISS, HIT, STITCHED, NONE = (
 RATE_HZ = 24000
 ALICE = RequestContext(tenant_id="acme", user_id="alice")
 BOB = RequestContext(tenant_id="acme", user_id="bob")
-GOOD_JOINT = JointCheck(pitch_st=0.5, step_db=1.0, jump_hz=5.0)
-BAD_JOINT = JointCheck(pitch_st=5.0, step_db=1.0, jump_hz=40.0)
+GOOD_JOINT = JointCheck(pitch_st=0.5, step_db=1.0)
+BAD_JOINT = JointCheck(pitch_st=5.0, step_db=1.0)
 Float32Array = npt.NDArray[np.float32]
 
 
@@ -121,10 +121,10 @@ class FakeEngine:
 
     async def render_split(
         self, voice: str, prefix_words: list[str], rest: str, speaking_rate: float
-    ) -> tuple[Float32Array, Prefix]:
+    ) -> tuple[Float32Array, Prefix | None]:
         self.calls.append(("split", tuple(prefix_words), rest, speaking_rate))
         if self.short:
-            raise ValueError("prefix too short to splice onto")
+            return unit_audio(" ".join([*prefix_words, rest]), speaking_rate), None
         words = [*prefix_words, *rest.split()]
         starts = tuple(2 + 12 * i for i in range(len(words)))
         ends = tuple(s + 10 for s in starts)
@@ -513,13 +513,13 @@ async def test_a_template_is_not_spliced_when_the_voice_cannot(setup: Setup) -> 
     assert (await setup.stats())["tts.prefix.personal"].entries == 0
 
 
-async def test_a_prefix_too_short_to_splice_is_rendered_whole_and_not_cached() -> None:
+async def test_a_prefix_too_short_to_splice_is_rendered_once_and_not_cached() -> None:
     setup = make_setup(FakeEngine(short=True))
     req = request("Hi {name}.", input=SynthesisInput.TEMPLATE, entities=(("name", "Bob"),))
     chunks = await collect(setup.session, req)
     assert statuses(chunks) == [MISS]
     assert chunks[0].data == pcm(unit_audio("hi bob.", 1.0))
-    assert setup.engine.kinds() == ["split", "render"]
+    assert setup.engine.kinds() == ["split"]
     assert (await setup.stats())["tts.prefix.personal"].entries == 0
 
 

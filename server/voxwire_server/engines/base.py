@@ -73,8 +73,9 @@ class SpeechSynthesizer(Protocol):
 
     async def render_split(
         self, voice: str, prefix_words: list[str], rest: str, speaking_rate: float
-    ) -> tuple[npt.NDArray[np.float32], Prefix]:
-        """One sentence (prefix words, then the rest) and the prefix's state for continuations."""
+    ) -> tuple[npt.NDArray[np.float32], Prefix | None]:
+        """One sentence (prefix words, then the rest) and the prefix's state for continuations
+        (None when the prefix is too short to splice onto)."""
         ...
 
     async def continue_prefix(

@@ -116,13 +116,11 @@ class JointCheck:
 
     The word before the joint exists twice: as cached and as synthesized again in the continuation's
     context. pitch_st: difference of that word's median F0, in semitones; step_db: difference of the
-    level of the speech leading into the joint, i.e. the loudness step the joint adds; jump_hz: F0
-    step across the joint (last voiced frame before it against the first after; informational).
+    level of the speech leading into the joint, i.e. the loudness step the joint adds.
     """
 
     pitch_st: float
     step_db: float
-    jump_hz: float
 
     def passes(self, max_pitch_st: float, max_step_db: float) -> bool:
         return self.pitch_st <= max_pitch_st and self.step_db <= max_step_db
@@ -201,18 +199,7 @@ def check_joint(prefix: Prefix, context: Frames, context_words: int) -> JointChe
     # the frames before that word, up to STEP_FRAMES), robust to how long its final pause or fade is.
     cached = float(np.max(prefix.energy_db[max(0, min(a0, a1 - STEP_FRAMES)) : a1]))
     again = float(np.max(energy_db(context.spectra[:, :, max(0, min(b0, b1 - STEP_FRAMES)) : b1])))
-    cut = context.joint(prefix.words[-context_words:], context_words)
-    return JointCheck(pitch_st, abs(cached - again), f0_jump(prefix.f0, context.f0[cut:]))
-
-
-def f0_jump(before: Float32Array, after: Float32Array, span_frames: int = 8) -> float:
-    """F0 step across a joint: last voiced frame before it against the first voiced frame after."""
-    a = before[-span_frames:]
-    b = after[:span_frames]
-    a, b = a[a > VOICED_HZ], b[b > VOICED_HZ]
-    if a.size == 0 or b.size == 0:
-        return 0.0
-    return float(abs(a[-1] - b[0]))
+    return JointCheck(pitch_st, abs(cached - again))
 
 
 def _mean_db(frames_db: Float32Array) -> float:

@@ -204,16 +204,20 @@ class HibariSynthesizer:
 
     def _render_split(
         self, voice: str, prefix_words: list[str], rest: str, speaking_rate: float
-    ) -> tuple[Float32Array, Prefix]:
+    ) -> tuple[Float32Array, Prefix | None]:
         v = self._voices[voice]
         frames = v.frames(" ".join(prefix_words) + " " + rest, speaking_rate)
         audio = v.vocode(frames)
-        return audio, make_prefix(frames, audio, prefix_words)
+        try:
+            return audio, make_prefix(frames, audio, prefix_words)
+        except ValueError:  # a prefix too short to splice onto
+            return audio, None
 
     async def render_split(
         self, voice: str, prefix_words: list[str], rest: str, speaking_rate: float
-    ) -> tuple[Float32Array, Prefix]:
-        """One sentence, prefix words then the rest, and the prefix's state for later continuations."""
+    ) -> tuple[Float32Array, Prefix | None]:
+        """One sentence, prefix words then the rest, and the prefix's state for later continuations
+        (None when the prefix is too short to splice onto)."""
         return await self._run(self._render_split, voice, prefix_words, rest, speaking_rate)
 
     def _continue(

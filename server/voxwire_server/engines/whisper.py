@@ -97,7 +97,7 @@ class _LoadedModel:
             num_workers=workers,
             local_files_only=True,
         )
-        self.on_cpu = device == "cpu" or (device == "auto" and self.whisper.model.device == "cpu")
+        self.on_cpu = device == "cpu"
         self.multilingual = bool(self.whisper.model.is_multilingual)
         self.max_length = int(self.whisper.max_length)
         self._tokenizers: dict[str, tuple[Any, list[int]]] = {}

@@ -69,32 +69,25 @@ class _Plan:
     key: str
 
 
-class _Emitter:
-    """Encodes native-rate audio into chunks of the requested format and remembers them for the
-    phrase cache (without the streamed WAV header)."""
+class _Chunks:
+    """The chunks of one reply as they go out: offsets, the streamed WAV header on the first one,
+    and their raw data and statuses (what the phrase cache keeps and a unary reply joins)."""
 
-    def __init__(self, request: SynthesisRequest, source_rate_hz: int, sample_rate_hz: int) -> None:
-        self.encoding = request.encoding
+    def __init__(self, encoding: Encoding, sample_rate_hz: int) -> None:
+        self.encoding = encoding
         self.sample_rate_hz = sample_rate_hz
-        self.encoder = AudioEncoder(request.encoding, source_rate_hz, sample_rate_hz)
-        self.chunks: list[bytes] = []
+        self.data: list[bytes] = []
         self.durations_ms: list[int] = []
         self.statuses: list[SynthesisCacheStatus] = []
 
-    def emit(self, audio: Float32Array, status: SynthesisCacheStatus, *, last: bool) -> EncodedAudio:
-        before = self.encoder.samples_out
-        data = self.encoder.encode(audio)
-        if last:
-            data += self.encoder.finish()
-        return self.record(data, self.encoder.samples_out - before, status, last=last)
-
-    def record(self, data: bytes, samples: int, status: SynthesisCacheStatus, *, last: bool) -> EncodedAudio:
+    def add(self, data: bytes, duration_ms: int, status: SynthesisCacheStatus, *, last: bool) -> EncodedAudio:
+        header = (
+            wav_header(self.sample_rate_hz, 1, None)
+            if not self.data and self.encoding is Encoding.WAV
+            else b""
+        )
         offset_ms = sum(self.durations_ms)
-        duration_ms = samples * 1000 // self.sample_rate_hz
-        header = b""
-        if not self.chunks and self.encoding is Encoding.WAV:
-            header = wav_header(self.sample_rate_hz, 1, None)
-        self.chunks.append(data)
+        self.data.append(data)
         self.durations_ms.append(duration_ms)
         self.statuses.append(status)
         return EncodedAudio(
@@ -108,7 +101,23 @@ class _Emitter:
         )
 
     def cached(self) -> CachedAudio:
-        return CachedAudio(tuple(self.chunks), tuple(self.durations_ms), self.sample_rate_hz)
+        return CachedAudio(tuple(self.data), tuple(self.durations_ms), self.sample_rate_hz)
+
+
+class _Emitter(_Chunks):
+    """Encodes native-rate audio into chunks of the requested format."""
+
+    def __init__(self, request: SynthesisRequest, source_rate_hz: int, sample_rate_hz: int) -> None:
+        super().__init__(request.encoding, sample_rate_hz)
+        self.encoder = AudioEncoder(request.encoding, source_rate_hz, sample_rate_hz)
+
+    def emit(self, audio: Float32Array, status: SynthesisCacheStatus, *, last: bool) -> EncodedAudio:
+        before = self.encoder.samples_out
+        data = self.encoder.encode(audio)
+        if last:
+            data += self.encoder.finish()
+        samples = self.encoder.samples_out - before
+        return self.add(data, samples * 1000 // self.sample_rate_hz, status, last=last)
 
     def close(self) -> None:
         self.encoder.close()
@@ -198,7 +207,7 @@ class SynthesisSession:
             assert self._cache is not None
             hit = await self._cache.get_phrase(plan.key, context)
             if hit is not None:
-                for chunk in self._replay(plan, hit):
+                for chunk in self._replay(plan, hit)[1]:
                     yield chunk
                 return
         emitter = _Emitter(request, self._tts.sample_rate_hz, plan.sample_rate_hz)
@@ -214,32 +223,32 @@ class SynthesisSession:
         """The whole utterance (a WAV has exact sizes) and the voice that spoke it."""
         plan = self._prepare(request)
         context = request.context
-        chunks: list[EncodedAudio] = []
+        hit = None
         if self._uses_cache(context):
             assert self._cache is not None
             hit = await self._cache.get_phrase(plan.key, context)
-            if hit is not None:
-                chunks = list(self._replay(plan, hit))
-        if not chunks:
-            emitter = _Emitter(request, self._tts.sample_rate_hz, plan.sample_rate_hz)
+        if hit is not None:
+            chunks = self._replay(plan, hit)[0]
+        else:
+            chunks = emitter = _Emitter(request, self._tts.sample_rate_hz, plan.sample_rate_hz)
             try:
-                chunks = [c async for c in self._produce(plan, emitter, streaming=False)]
+                async for _ in self._produce(plan, emitter, streaming=False):
+                    pass
                 if self._cache is not None and all(s is MISS for s in emitter.statuses):
                     await self._cache.put_phrase(plan.key, context, emitter.cached())
             finally:
                 emitter.close()
-        header_bytes = 44 if request.encoding is Encoding.WAV else 0
-        data = b"".join(c.data[header_bytes:] if i == 0 else c.data for i, c in enumerate(chunks))
+        data = b"".join(chunks.data)
         if request.encoding is Encoding.WAV:
             data = wav_header(plan.sample_rate_hz, 1, len(data)) + data
-        statuses = {c.cache_status for c in chunks}
+        statuses = set(chunks.statuses)
         status = (statuses.pop() if len(statuses) == 1 else MISS) if statuses else NONE
         audio = EncodedAudio(
             data=data,
             encoding=request.encoding,
             sample_rate_hz=plan.sample_rate_hz,
             offset_ms=0,
-            duration_ms=sum(c.duration_ms for c in chunks),
+            duration_ms=sum(chunks.durations_ms),
             last=True,
             cache_status=status,
         )
@@ -290,26 +299,13 @@ class SynthesisSession:
 
     # -- producing audio ----------------------------------------------------------------------
 
-    def _replay(self, plan: _Plan, hit: CachedAudio) -> list[EncodedAudio]:
-        out = []
-        offset = 0
-        for i, (data, duration) in enumerate(zip(hit.chunks, hit.durations_ms, strict=True)):
-            header = b""
-            if i == 0 and plan.request.encoding is Encoding.WAV:
-                header = wav_header(plan.sample_rate_hz, 1, None)
-            out.append(
-                EncodedAudio(
-                    data=header + data,
-                    encoding=plan.request.encoding,
-                    sample_rate_hz=plan.sample_rate_hz,
-                    offset_ms=offset,
-                    duration_ms=duration,
-                    last=i == len(hit.chunks) - 1,
-                    cache_status=HIT,
-                )
-            )
-            offset += duration
-        return out
+    def _replay(self, plan: _Plan, hit: CachedAudio) -> tuple[_Chunks, list[EncodedAudio]]:
+        chunks = _Chunks(plan.request.encoding, plan.sample_rate_hz)
+        out = [
+            chunks.add(data, duration_ms, HIT, last=i == len(hit.chunks) - 1)
+            for i, (data, duration_ms) in enumerate(zip(hit.chunks, hit.durations_ms, strict=True))
+        ]
+        return chunks, out
 
     async def _produce(
         self, plan: _Plan, emitter: _Emitter, *, streaming: bool
@@ -342,55 +338,65 @@ class SynthesisSession:
     ) -> AsyncIterator[EncodedAudio]:
         assert plan.template is not None
         split = self._split(plan.template, dict(plan.request.entities))
-        rate = plan.request.speaking_rate
         cached = await self._cached_prefix(plan) if split.lead or split.partial else None
         if cached is not None:
             lead_audio, prefix = cached
-            head = np.concatenate([lead_audio, prefix.audio]) if prefix is not None else lead_audio
+            head = lead_audio if prefix is None else np.concatenate([lead_audio, prefix.audio])
             if streaming:
                 yield emitter.emit(head, STITCHED, last=False)
-            tail_status = STITCHED
-            if prefix is not None and split.first_rest:
-                rest = await self._tts.phonemes(plan.voice, split.first_rest)
-                self._hooks.on_units(1)
-                audio, check = await self._tts.continue_prefix(
-                    plan.voice, prefix, self._limits.stitch_context_words, rest, rate
-                )
-                passed = check.passes(self._limits.max_joint_pitch_st, self._limits.max_joint_step_db)
-                self._hooks.on_stitch(passed)
-                if not passed:
-                    log.info(
-                        "joint check failed (%.1f st, %.1f dB): full synthesis",
-                        check.pitch_st,
-                        check.step_db,
-                    )
-                if not passed and not streaming:
-                    cached = None  # nothing sent yet: synthesize the whole reply instead
-                elif not passed:
-                    # The prefix is already out: continue from a synthesis of the whole sentence.
-                    self._hooks.on_units(1)
-                    audio, _ = await self._tts.continue_prefix(
-                        plan.voice, prefix, len(prefix.words), rest, rate
-                    )
-                    tail_status = status
-                first = [audio]
-            else:
-                rest_units = await self._units(plan, split.first_rest) if split.first_rest else []
-                first = [await self._render(plan.voice, u) for u in rest_units]
-            if cached is not None:
+            # first_rest always holds the slot's value, so there is something to splice on.
+            spliced = (
+                await self._splice(plan, split, prefix, streaming, status) if prefix is not None else None
+            )
+            if prefix is None or spliced is not None:
                 if not streaming:
                     yield emitter.emit(head, STITCHED, last=False)
-                following = await self._units(plan, split.following) if split.following else []
-                for i, audio in enumerate(first):
-                    yield emitter.emit(audio, tail_status, last=not following and i == len(first) - 1)
-                for i, unit in enumerate(following):
+                rest = (
+                    split.following
+                    if spliced
+                    else " ".join(x for x in (split.first_rest, split.following) if x)
+                )
+                units = await self._units(plan, rest) if rest else []
+                tail_status = spliced[1] if spliced else STITCHED
+                if spliced:
+                    yield emitter.emit(spliced[0], tail_status, last=not units)
+                for i, unit in enumerate(units):
                     audio = await self._render(plan.voice, unit)
-                    yield emitter.emit(audio, tail_status, last=i == len(following) - 1)
+                    yield emitter.emit(audio, tail_status, last=i == len(units) - 1)
                 return
         made = _Made()
         async for audio, last in self._full_template(plan, split, made):
             yield emitter.emit(audio, status, last=last)
         await self._store_prefix(plan, plan.request.context, made)
+
+    async def _splice(
+        self,
+        plan: _Plan,
+        split: _TemplateSplit,
+        prefix: Prefix,
+        streaming: bool,
+        status: SynthesisCacheStatus,
+    ) -> tuple[Float32Array, SynthesisCacheStatus] | None:
+        """The rest of the slot's sentence spliced onto the cached prefix, and its status. When the
+        joint check fails: None if nothing was sent yet (the caller synthesizes the whole reply), else
+        a continuation from a synthesis of the whole sentence (with ``status``, MISS)."""
+        rate = plan.request.speaking_rate
+        rest = await self._tts.phonemes(plan.voice, split.first_rest)
+        self._hooks.on_units(1)
+        audio, check = await self._tts.continue_prefix(
+            plan.voice, prefix, self._limits.stitch_context_words, rest, rate
+        )
+        passed = check.passes(self._limits.max_joint_pitch_st, self._limits.max_joint_step_db)
+        self._hooks.on_stitch(passed)
+        if passed:
+            return audio, STITCHED
+        log.info("joint check failed (%.1f st, %.1f dB): full synthesis", check.pitch_st, check.step_db)
+        if not streaming:
+            return None
+        # The prefix is already out: continue from a synthesis of the whole sentence.
+        self._hooks.on_units(1)
+        audio, _ = await self._tts.continue_prefix(plan.voice, prefix, len(prefix.words), rest, rate)
+        return audio, status
 
     async def _full_template(
         self, plan: _Plan, split: _TemplateSplit, made: _Made
@@ -404,27 +410,21 @@ class SynthesisSession:
             lead.append(audio)
             yield audio, False
         made.lead = np.concatenate(lead) if lead else np.zeros(0, np.float32)
-        made.complete = True
-        sentence = " ".join(x for x in (split.partial, split.first_rest) if x)
-        if split.partial and split.first_rest and self._tts.can_splice(plan.voice):
+        if split.partial and self._tts.can_splice(plan.voice):
             words = (await self._tts.phonemes(plan.voice, split.partial)).split()
             rest = await self._tts.phonemes(plan.voice, split.first_rest)
             self._hooks.on_units(1)
-            try:
-                audio, made.prefix = await self._tts.render_split(
-                    plan.voice, words, rest, plan.request.speaking_rate
-                )
-                yield audio, not following
-            except ValueError:  # a prefix too short to splice onto
-                made.complete = False
-                sentence_units = await self._units(plan, sentence)
-                for i, unit in enumerate(sentence_units):
-                    yield await self._render(plan.voice, unit), not following and i == len(sentence_units) - 1
-        elif sentence:
-            made.complete = not split.partial
-            sentence_units = await self._units(plan, sentence)
-            for i, unit in enumerate(sentence_units):
-                yield await self._render(plan.voice, unit), not following and i == len(sentence_units) - 1
+            audio, made.prefix = await self._tts.render_split(
+                plan.voice, words, rest, plan.request.speaking_rate
+            )
+            yield audio, not following
+        else:
+            sentence = " ".join(x for x in (split.partial, split.first_rest) if x)
+            units = await self._units(plan, sentence)
+            for i, unit in enumerate(units):
+                yield await self._render(plan.voice, unit), not following and i == len(units) - 1
+        # A partial sentence can only be continued later from its prefix state.
+        made.complete = not split.partial or made.prefix is not None
         for i, unit in enumerate(following):
             yield await self._render(plan.voice, unit), i == len(following) - 1
 
@@ -469,5 +469,5 @@ class _Made:
 
     lead: Float32Array = field(default_factory=lambda: np.zeros(0, np.float32))
     prefix: Prefix | None = None
-    # False when the prefix could not be captured (nothing worth caching).
+    # False until the reply was made whole, and when the prefix could not be captured.
     complete: bool = False
