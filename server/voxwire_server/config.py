@@ -20,6 +20,11 @@ MAX_AUTO_ASR_WORKERS = 4
 MAX_AUTO_TTS_WORKERS = 4
 
 
+def _per_core(threads_each: int, cap: int) -> int:
+    """Workers of threads_each threads that fit the CPU cores this process may use, 1..cap."""
+    return max(1, min(cap, len(os.sched_getaffinity(0)) // threads_each))
+
+
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
@@ -94,14 +99,14 @@ class ServerConfig:
             return self.asr_workers
         if self.asr_device != "cpu":
             return 1
-        return max(1, min(MAX_AUTO_ASR_WORKERS, len(os.sched_getaffinity(0)) // self.asr_cpu_threads))
+        return _per_core(self.asr_cpu_threads, MAX_AUTO_ASR_WORKERS)
 
     @property
     def effective_tts_workers(self) -> int:
         """tts_workers, with 0 resolved to one per usable core (capped)."""
         if self.tts_workers:
             return self.tts_workers
-        return max(1, min(MAX_AUTO_TTS_WORKERS, len(os.sched_getaffinity(0)) // self.tts_threads))
+        return _per_core(self.tts_threads, MAX_AUTO_TTS_WORKERS)
 
     def validate(self) -> ServerConfig:
         host, sep, port = self.listen.rpartition(":")
