@@ -32,22 +32,35 @@ from voxwire_server.engines.whisper import WhisperRecognizer, tune_allocator  # 
 
 
 async def measure(
-    recognizer: WhisperRecognizer, audio: list[np.ndarray], sizes: list[int], repeats: int
+    recognizer: WhisperRecognizer,
+    workers: WhisperRecognizer | None,
+    audio: list[np.ndarray],
+    sizes: list[int],
+    repeats: int,
 ) -> list[dict[str, float]]:
+    async def all_at_once(on: WhisperRecognizer, requests: list[WindowRequest]) -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(on.decode(r, final=True, deadline=0) for r in requests))
+        return (time.perf_counter() - started) / len(requests)
+
     rows = []
     for n in sizes:
         requests = [WindowRequest(a, DecodeOptions()) for a in audio[:n]]
-        sequential, batched = [], []
+        sequential, batched, spread = [], [], []
         for _ in range(repeats):
             started = time.perf_counter()
             for request in requests:
                 await recognizer.decode(request, final=True, deadline=0)
             sequential.append((time.perf_counter() - started) / n)
-            started = time.perf_counter()
-            await asyncio.gather(*(recognizer.decode(r, final=True, deadline=0) for r in requests))
-            batched.append((time.perf_counter() - started) / n)
+            batched.append(await all_at_once(recognizer, requests))
+            if workers is not None:
+                spread.append(await all_at_once(workers, requests))
         seq, bat = statistics.median(sequential), statistics.median(batched)
-        rows.append({"batch": n, "sequential_ms": seq * 1000, "batched_ms": bat * 1000, "speedup": seq / bat})
+        row = {"batch": n, "sequential_ms": seq * 1000, "batched_ms": bat * 1000, "speedup": seq / bat}
+        if spread:
+            row["workers_ms"] = statistics.median(spread) * 1000
+            row["workers_speedup"] = seq / statistics.median(spread)
+        rows.append(row)
     return rows
 
 
@@ -57,6 +70,9 @@ def main() -> None:
     parser.add_argument("--min-s", type=float, default=3.0)
     parser.add_argument("--max-s", type=float, default=6.5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--workers", type=int, default=2, help="also batch on this many decoder workers (1: skip)"
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "batch_scaling.json"))
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -68,17 +84,26 @@ def main() -> None:
     tune_allocator()
     recognizer = WhisperRecognizer(max_batch=max(sizes))
     recognizer.warm_up()
+    workers = WhisperRecognizer(max_batch=max(sizes), workers=args.workers) if args.workers > 1 else None
+    if workers is not None:
+        workers.warm_up()
     try:
-        rows = asyncio.run(measure(recognizer, audio, sizes, args.repeats))
+        rows = asyncio.run(measure(recognizer, workers, audio, sizes, args.repeats))
     finally:
         recognizer.close()
+        if workers is not None:
+            workers.close()
     print(
         f"\n{len(picked)} speech-dev clips of {args.min_s}-{args.max_s} s, medians of {args.repeats} runs\n"
     )
-    print("| windows | one at a time, ms/window | batched, ms/window | speed-up |")
-    print("|---|---|---|---|")
+    extra = f" {args.workers} workers, ms/window | speed-up |" if workers is not None else ""
+    print("| windows | one at a time, ms/window | batched, ms/window | speed-up |" + extra)
+    print("|---|---|---|---|" + ("---|---|" if extra else ""))
     for r in rows:
-        print(f"| {r['batch']} | {r['sequential_ms']:.0f} | {r['batched_ms']:.0f} | {r['speedup']:.2f}× |")
+        line = f"| {r['batch']} | {r['sequential_ms']:.0f} | {r['batched_ms']:.0f} | {r['speedup']:.2f}× |"
+        if "workers_ms" in r:
+            line += f" {r['workers_ms']:.0f} | {r['workers_speedup']:.2f}× |"
+        print(line)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
 
