@@ -49,15 +49,24 @@ async def test_client_cancel_mid_utterance_frees_the_stream(server: RunningServe
 async def test_task_cancellation_mid_stream_frees_the_stream(server: RunningServer) -> None:
     telemetry = server.app.runtime.telemetry
     started = asyncio.Event()
+    # Resolved here, not in the task: a skip (or a failure) raised inside the task would never set
+    # `started`, and the test would wait for it for ever.
+    path = jfk()
 
     async def consume() -> None:
         async with AsyncClient(server.target) as client:
-            async for update in client.stream(jfk(), realtime=True, chunk_ms=50):
+            async for update in client.stream(path, realtime=True, chunk_ms=50):
                 if update.speech_event is not None:
                     started.set()
 
     task = asyncio.create_task(consume())
-    await started.wait()
+    # If the task ends before the stream started, its exception is the test's failure.
+    waiter = asyncio.create_task(started.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        waiter.cancel()
+        task.result()
+        pytest.fail("the stream ended before its first speech event")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
