@@ -1,4 +1,6 @@
-"""faster-whisper (CTranslate2) behind the SpeechRecognizer seam, with one worker thread."""
+"""Whisper on CTranslate2 behind the SpeechRecognizer seam: utterances are decoded on short windows
+by batching worker threads shared by all streams; clips longer than one window go through
+faster-whisper's own sliding windows on a thread of their own."""
 
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ _SAMPLE_RATE_HZ = 16000
 # Short windows: the audio plus at least this much silence (exact-length windows fall into loops),
 # at least MIN_WINDOW_S long, rounded up to a multiple of WINDOW_STEP_S so that windows of different
 # streams can share a batch and a batched window decodes exactly as it would alone. On the 66
-# speech-dev clips under 10 s, 8 s windows gave 6.8 % WER against 6.5 % for 30 s windows at ~1/5 of
-# the cost; 2 s windows repeated short utterances into the padding (11.9 %).
+# speech-dev clips under 10 s, 8 s windows gave 5.4 % WER against 6.5 % for 30 s windows at ~1/5 of
+# the cost (5.0 % once echoes into the padding are trimmed, see ECHO_MARGIN_S); 2 s windows repeated
+# short utterances into the padding (11.9 %).
 WINDOW_PAD_S = 1.0
 MIN_WINDOW_S = 8.0
 WINDOW_STEP_S = 2.0
@@ -228,15 +231,15 @@ class WhisperRecognizer:
     def batching(self) -> BatchWorker[WindowRequest, WindowResult]:
         return self._batches
 
-    def _batch_key(self, request: WindowRequest) -> tuple[Tier, int, int, int, str]:
-        # CTranslate2 batches need one beam setting and the start-of-transcript token at the same
-        # position in every prompt (what precedes it: hotwords and prompt text); one window length
-        # keeps batched output identical to unbatched output.
+    def _batch_key(self, request: WindowRequest) -> tuple[Tier, int, tuple[int, ...], int, str]:
+        # One batch shares one beam setting, one token cap and one window length (so batched output
+        # equals unbatched output), and one conditioning context: the hotword and prompt tokens
+        # themselves, so one stream's context never reaches another stream's decode.
         options = request.options
         return (
             options.tier,
             self._hypotheses(options),
-            len(self._context_tokens(self._model(options.tier), options)),
+            tuple(self._context_tokens(self._model(options.tier), options)),
             self._window(request.audio, options.tier),
             options.language,
         )
@@ -261,8 +264,8 @@ class WhisperRecognizer:
         return int(seconds * _SAMPLE_RATE_HZ)
 
     def _decode_windows(self, requests: list[WindowRequest]) -> list[WindowResult]:
-        """Runs on the batching worker: one encode and one generate for the batch, then Silero's
-        speech check for the answers that look like they may not be speech."""
+        """Runs on a batching worker: the windows encoded (one at a time on the CPU), one generate for
+        the batch, then Silero's speech check for the answers that look like they may not be speech."""
         return [
             WindowResult((), rejected="no_speech", no_speech_prob=result.no_speech_prob)
             if _doubtful(result, request) and _speech_ratio(request.audio) < MIN_SPEECH_RATIO
@@ -281,16 +284,21 @@ class WhisperRecognizer:
         )
         frames = features.shape[-1] - features.shape[-1] % 2
         encoded = model.encode(np.ascontiguousarray(features[:, :, :frames]))
-        context = self._context_tokens(model, options)
+        # Every prompt from its own request: the batch key makes the contexts equal, but a prompt
+        # must never depend on which request happens to come first.
         prompts = []
         for r in requests:
-            prompt = [*context, *tokenizer.sot_sequence, tokenizer.no_timestamps]
+            prompt = [
+                *self._context_tokens(model, r.options),
+                *tokenizer.sot_sequence,
+                tokenizer.no_timestamps,
+            ]
             if r.prefix.strip():
                 prompt.extend(tokenizer.encode(" " + r.prefix.strip()))
             prompts.append(prompt)
         # The cap (prompt, committed prefix and new text) depends only on the batch key, so a window
         # decodes the same in any batch.
-        head = len(context) + len(tokenizer.sot_sequence) + 1
+        head = len(self._context_tokens(model, options)) + len(tokenizer.sot_sequence) + 1
         cap = min(model.max_length, head + int(TOKENS_PER_S * window / _SAMPLE_RATE_HZ) + EXTRA_TOKENS)
         hypotheses = self._hypotheses(options)
         beam = max(hypotheses, self._beam[options.tier])
