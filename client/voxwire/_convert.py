@@ -34,10 +34,12 @@ from voxwire.v1 import cache_admin_pb2, common_pb2, recognizer_pb2, synthesizer_
 AudioPath = str | os.PathLike[str]
 AudioInput = bytes | AudioPath
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The server decides how large a request may be (it answers OUT_OF_RANGE beyond its limit); the
+# client takes replies up to this size.
+MAX_RECEIVE_BYTES = 256 * 1024 * 1024
 DEFAULT_CHANNEL_OPTIONS: dict[str, int | str] = {
-    "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
-    "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+    "grpc.max_send_message_length": -1,
+    "grpc.max_receive_message_length": MAX_RECEIVE_BYTES,
 }
 
 _ENCODING_TO_PB: dict[AudioEncoding, common_pb2.AudioEncoding.ValueType] = {

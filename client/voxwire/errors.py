@@ -6,7 +6,8 @@
     ├── InvalidArgumentError        INVALID_ARGUMENT     bad audio, config or text
     ├── NotFoundError               NOT_FOUND            unknown voice, model or stream
     ├── FailedPreconditionError     FAILED_PRECONDITION  valid request the server cannot serve now
-    ├── OutOfRangeError             OUT_OF_RANGE         a stream limit was reached
+    ├── OutOfRangeError             OUT_OF_RANGE         a size or length limit: clip too long or
+    │                                                    too large (stream it instead)
     ├── UnimplementedError          UNIMPLEMENTED        a capability this server does not have
     ├── PermissionDeniedError       PERMISSION_DENIED, UNAUTHENTICATED
     ├── RequestCancelledError       CANCELLED
@@ -15,6 +16,9 @@
     ├── DeadlineExceededError       DEADLINE_EXCEEDED                             (retryable)
     ├── AbortedError                ABORTED              e.g. a stream abandoned  (retryable)
     └── ServerError                 INTERNAL, UNKNOWN, DATA_LOSS and any other code
+
+RESOURCE_EXHAUSTED is for capacity only (retryable, with a delay); gRPC's "message larger than max"
+refusal, which uses the same code, becomes :class:`OutOfRangeError`.
 
 ``retryable`` is a class attribute: True where sending the same request again later may succeed.
 ``retry_after_s`` is the delay the server asked for (a ``google.rpc.RetryInfo`` in the
@@ -91,7 +95,10 @@ class FailedPreconditionError(VoxwireError):
 
 
 class OutOfRangeError(VoxwireError):
-    """A stream limit was reached, e.g. the longest allowed stream (OUT_OF_RANGE)."""
+    """A size or length limit was reached, e.g. a clip too long or too large for Recognize (OUT_OF_RANGE).
+
+    Also raised for gRPC's own "message larger than max" refusal, which arrives as
+    RESOURCE_EXHAUSTED but is not a capacity problem: the same request can never succeed."""
 
 
 class UnimplementedError(VoxwireError):
@@ -157,9 +164,20 @@ def from_rpc_error(exc: grpc.RpcError) -> VoxwireError:
     status = code_fn() if callable(code_fn) else None
     code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
     details = details_fn() if callable(details_fn) else None
+    text = details if isinstance(details, str) else ""
+    if code == "RESOURCE_EXHAUSTED" and _MESSAGE_TOO_LARGE in text:
+        # gRPC's own size check (client or server side), not a capacity limit: sending the same
+        # message again can never succeed.
+        return OutOfRangeError(
+            "OUT_OF_RANGE", f"{text}: send long audio with a stream (StreamingRecognize) instead"
+        )
     cls = _BY_CODE.get(code, ServerError)
-    return cls(code, details if isinstance(details, str) else "", retry_after_s=_retry_after_s(exc))
+    return cls(code, text, retry_after_s=_retry_after_s(exc))
 
+
+# What gRPC says when a message is over a channel's or server's size limit ("Received message
+# larger than max (N vs. M)", "Sent message larger than max ...").
+_MESSAGE_TOO_LARGE = "message larger than max"
 
 # grpc/grpc#36066: a write that races the server ending a stream makes grpc.aio replace the status
 # the server sent (e.g. INVALID_ARGUMENT, RESOURCE_EXHAUSTED) with this placeholder.

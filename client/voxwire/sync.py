@@ -58,7 +58,8 @@ class Client:
         timeout_s: default deadline of unary calls in seconds; None means no deadline. Streams get
             no deadline unless one is passed to the call.
         channel_options: extra gRPC channel options, e.g. ``[("grpc.keepalive_time_ms", 10000)]``;
-            max send/receive message sizes default to 64 MiB.
+            requests have no size limit here (the server answers OUT_OF_RANGE beyond its own) and
+            replies may be up to 256 MiB.
     """
 
     def __init__(

@@ -41,6 +41,7 @@ def build_runtime(config: ServerConfig) -> Runtime:
     return Runtime(
         recognition_limits=RecognitionLimits(
             max_clip_s=config.max_clip_s,
+            max_clip_bytes=config.max_request_bytes,
             max_chunk_ms=config.max_chunk_ms,
             queue_chunks=config.stream_queue_chunks,
             partial_interval_ms=config.partial_interval_ms,

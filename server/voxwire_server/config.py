@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,14 @@ OUTPUT_SAMPLE_RATES_HZ = (8000, 16000, 22050, 24000, 48000)
 # VAD and synthesis need some CPU too).
 MAX_AUTO_ASR_WORKERS = 4
 MAX_AUTO_TTS_WORKERS = 4
+# A Recognize request sized from --max-clip-s holds that much of the largest raw audio accepted
+# (LINEAR16 at 48 kHz, stereo), plus this much for the config and a container's headers.
+_CLIP_BYTES_PER_S = 48000 * 2 * 2
+_REQUEST_OVERHEAD_BYTES = 1 << 20
+# gRPC's own limit sits above the request limit, so an oversized request still reaches the handler
+# and is answered OUT_OF_RANGE with advice; gRPC refuses only what is larger still.
+_GRPC_LIMIT_FACTOR = 2
+_GRPC_LIMIT_MAX_BYTES = 2**31 - 1
 
 
 def _per_core(threads_each: int, cap: int) -> int:
@@ -73,7 +82,9 @@ class ServerConfig:
     tts_joint_max_step_db: float = _opt(
         10.0, "template joint check: largest loudness step (dB) the joint adds"
     )
-    max_message_mb: int = _opt(32, "largest gRPC message accepted (a whole clip for Recognize)")
+    max_message_mb: int = _opt(
+        0, "largest Recognize request in MiB (0 = sized from max_clip_s: that long a 48 kHz stereo clip)"
+    )
     max_clip_s: float = _opt(600.0, "longest clip Recognize accepts")
     max_chunk_ms: int = _opt(1000, "longest audio chunk a stream may send at once")
     stream_queue_chunks: int = _opt(200, "chunks buffered per stream before the reader waits (backpressure)")
@@ -100,6 +111,19 @@ class ServerConfig:
         if self.asr_device != "cpu":
             return 1
         return _per_core(self.asr_cpu_threads, MAX_AUTO_ASR_WORKERS)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest Recognize request (a whole clip) the server takes; larger is OUT_OF_RANGE."""
+        if self.max_message_mb:
+            return self.max_message_mb * 1024 * 1024
+        return math.ceil(self.max_clip_s * _CLIP_BYTES_PER_S) + _REQUEST_OVERHEAD_BYTES
+
+    @property
+    def grpc_message_limit_bytes(self) -> int:
+        """gRPC's receive and send limit: above max_request_bytes, so the handler sees (and answers)
+        requests that are somewhat too large; gRPC itself refuses only larger ones."""
+        return min(_GRPC_LIMIT_MAX_BYTES, self.max_request_bytes * _GRPC_LIMIT_FACTOR)
 
     @property
     def effective_tts_workers(self) -> int:
@@ -133,7 +157,6 @@ class ServerConfig:
             "asr_cpu_threads": self.asr_cpu_threads,
             "asr_accurate_beam_size": self.asr_accurate_beam_size,
             "tts_threads": self.tts_threads,
-            "max_message_mb": self.max_message_mb,
             "max_clip_s": self.max_clip_s,
             "max_chunk_ms": self.max_chunk_ms,
             "stream_queue_chunks": self.stream_queue_chunks,
@@ -165,6 +188,13 @@ class ServerConfig:
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        if self.max_message_mb < 0:
+            raise ConfigError("max_message_mb must not be negative (0 sizes it from max_clip_s)")
+        if self.max_request_bytes > _GRPC_LIMIT_MAX_BYTES:
+            raise ConfigError(
+                f"a Recognize request of {self.max_request_bytes >> 20} MiB (from max_message_mb or "
+                f"max_clip_s) is over gRPC's 2 GiB message limit; lower them"
+            )
         if self.asr_workers < 0:
             raise ConfigError("asr_workers must not be negative")
         if self.tts_workers < 0:

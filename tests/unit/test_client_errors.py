@@ -102,3 +102,19 @@ def test_malformed_status_details_are_ignored(blob: bytes) -> None:
     err = from_rpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down", trailing))
     assert isinstance(err, errors.UnavailableError)
     assert err.retry_after_s is None
+
+
+@pytest.mark.parametrize("side", ["Received", "Sent"])
+def test_grpc_message_size_refusal_is_out_of_range_not_retryable(side: str) -> None:
+    exc = from_rpc_error(
+        FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{side} message larger than max (9 vs. 4)")
+    )
+    assert isinstance(exc, errors.OutOfRangeError)
+    assert not exc.retryable
+    assert "StreamingRecognize" in exc.details
+
+
+def test_capacity_resource_exhausted_stays_retryable() -> None:
+    exc = from_rpc_error(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "at its limit of 2 streams"))
+    assert isinstance(exc, errors.ResourceExhaustedError)
+    assert exc.retryable

@@ -34,6 +34,8 @@ def test_flags_win_over_environment() -> None:
         (["--max-streams", "0"], "max_streams must be positive"),
         (["--asr-workers", "-1"], "asr_workers must not be negative"),
         (["--tts-workers", "-2"], "tts_workers must not be negative"),
+        (["--max-message-mb", "-1"], "max_message_mb must not be negative"),
+        (["--max-clip-s", "20000"], "over gRPC's 2 GiB message limit"),
     ],
 )
 def test_bad_values_raise_config_error(argv: list[str], message: str) -> None:
@@ -53,3 +55,14 @@ def test_workers_default_to_one_per_usable_core() -> None:
     assert ServerConfig(asr_device="cuda").effective_asr_workers == 1
     assert ServerConfig().effective_tts_workers == max(1, min(MAX_AUTO_TTS_WORKERS, cores))
     assert ServerConfig(tts_workers=1).effective_tts_workers == 1
+
+
+def test_the_request_limit_holds_a_clip_of_max_clip_s() -> None:
+    # A whole --max-clip-s clip of the largest raw audio accepted (48 kHz stereo LINEAR16) fits.
+    assert ServerConfig().max_request_bytes >= 600 * 48000 * 2 * 2
+    assert ServerConfig(max_clip_s=10).max_request_bytes >= 10 * 48000 * 2 * 2
+    assert ServerConfig(max_clip_s=10).max_request_bytes < ServerConfig().max_request_bytes
+    assert ServerConfig(max_message_mb=5).max_request_bytes == 5 << 20
+    # gRPC's own limit is above it, so the server answers an oversized request itself.
+    config = ServerConfig(max_clip_s=10)
+    assert config.grpc_message_limit_bytes > config.max_request_bytes

@@ -15,6 +15,7 @@ from voxwire_server.domain import (
     Alternative,
     AudioChunk,
     DecodeOptions,
+    Encoding,
     EndOfAudio,
     RecognitionOptions,
     Result,
@@ -57,6 +58,8 @@ MAX_WINDOW_AUDIO_S = 29.0
 @dataclass(frozen=True, slots=True)
 class RecognitionLimits:
     max_clip_s: float = 600.0
+    # The largest Recognize request's audio, in bytes (checked before anything is decoded).
+    max_clip_bytes: int = 116 << 20
     max_chunk_ms: int = 1000
     queue_chunks: int = 200
     partial_interval_ms: int = 500
@@ -121,12 +124,14 @@ async def recognize_clip(
     their utterances decoded together in one batch; longer clips go through faster-whisper's
     sliding 30 s windows."""
     check_options(recognizer, options)
+    _check_clip_size(audio, options, limits)
     samples = await asyncio.to_thread(decode_clip, audio, options.audio)
     duration_s = samples.size / ASR_SAMPLE_RATE_HZ
     duration_ms = round(duration_s * 1000)
     if duration_s > limits.max_clip_s:
         raise LimitExceeded(
-            f"clip is {duration_s:.0f} s; this server accepts at most {limits.max_clip_s:.0f} s"
+            f"the clip is {duration_s:.0f} s; Recognize takes at most {limits.max_clip_s:.0f} s: "
+            "send longer audio with StreamingRecognize"
         )
     started = time.perf_counter()
     if duration_s > MAX_WINDOW_AUDIO_S:
@@ -134,8 +139,8 @@ async def recognize_clip(
         latency_ms = (time.perf_counter() - started) * 1000
         return segments_to_results(segments, tier=options.decode.tier, latency_ms=latency_ms), duration_ms
     endpointer = Endpointer(vad_factory(options.endpointing.vad_aggressiveness), options.endpointing)
-    pcm = float_to_pcm16(samples)
-    utterances = [e for e in endpointer.push(pcm) + endpointer.flush() if isinstance(e, UtteranceEnded)]
+    # Up to 29 s of audio through the endpointer: work for a thread, not the event loop.
+    utterances = await asyncio.to_thread(_utterances, endpointer, samples)
     decoded = await asyncio.gather(
         *(decode_final(recognizer, pcm16_to_float(u.audio), options.decode, limits) for u in utterances)
     )
@@ -153,6 +158,29 @@ async def recognize_clip(
         if d.alternatives
     ]
     return [replace(r, utterance_index=i) for i, r in enumerate(results)], duration_ms
+
+
+def _check_clip_size(audio: bytes, options: RecognitionOptions, limits: RecognitionLimits) -> None:
+    """OUT_OF_RANGE before any decoding: a request over the byte limit, or raw audio whose length
+    alone says it is longer than max_clip_s."""
+    advice = "send longer audio with StreamingRecognize"
+    if len(audio) > limits.max_clip_bytes:
+        raise LimitExceeded(
+            f"the clip is {len(audio) / 2**20:.1f} MiB; Recognize takes at most "
+            f"{limits.max_clip_bytes / 2**20:.1f} MiB: {advice}"
+        )
+    fmt = options.audio
+    if fmt.encoding is Encoding.LINEAR16 and fmt.sample_rate_hz > 0:
+        duration_s = len(audio) / (2 * (fmt.channels or 1) * fmt.sample_rate_hz)
+        if duration_s > limits.max_clip_s:
+            raise LimitExceeded(
+                f"the clip is {duration_s:.0f} s; Recognize takes at most {limits.max_clip_s:.0f} s: {advice}"
+            )
+
+
+def _utterances(endpointer: Endpointer, samples: npt.NDArray[np.float32]) -> list[UtteranceEnded]:
+    events = endpointer.push(float_to_pcm16(samples)) + endpointer.flush()
+    return [e for e in events if isinstance(e, UtteranceEnded)]
 
 
 _END = object()

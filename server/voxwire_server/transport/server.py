@@ -46,7 +46,7 @@ class GrpcServer:
 
 
 def build_server(config: ServerConfig, runtime: Runtime) -> GrpcServer:
-    max_bytes = config.max_message_mb * 1024 * 1024
+    max_bytes = config.grpc_message_limit_bytes
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_bytes),
