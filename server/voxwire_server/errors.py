@@ -14,9 +14,15 @@ Anything else is INTERNAL with a generic message.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class VoxwireError(Exception):
-    """Base class; the message is safe to send to the client."""
+    """Base class; the message is safe to send to the client, unless the class sets client_message."""
+
+    # For errors whose message names internals (a backend's host and port): the client gets this
+    # generic text with the request id instead, and the message goes to the server log.
+    client_message: ClassVar[str | None] = None
 
 
 class InvalidInput(VoxwireError):

@@ -17,8 +17,10 @@ from voxwire import (
     CachePolicy,
     Client,
     InvalidArgumentError,
+    ServerError,
     SynthesisCacheStatus,
     UnavailableError,
+    UnimplementedError,
 )
 from voxwire_server.config import ServerConfig
 
@@ -199,10 +201,28 @@ def test_a_cache_that_is_down_costs_a_miss_not_an_error() -> None:
         with Client(handle.running.target, timeout_s=60) as client:
             for _ in range(2):
                 assert client.synthesize("Still talking.", user_id="lee").cache_status is MISS
-            # A purge that could not happen is not reported as done.
-            with pytest.raises(UnavailableError):
+            # A purge that could not happen is not reported as done, and the client is not told
+            # where the store is: the log is.
+            with pytest.raises(UnavailableError) as info:
                 client.purge_user("", "lee")
+            assert "127.0.0.1" not in info.value.details and url.rsplit(":", 1)[1] not in info.value.details
+            assert "request id" in info.value.details
             tiers = client.stats().tiers
             assert all(t.entries == -1 for t in tiers)
+            # GetStats answers through the status table too: a failure there is a generic INTERNAL.
+            cache = handle.running.app.runtime.synthesis_cache
+            assert cache is not None
+
+            async def failing() -> list[object]:
+                raise RuntimeError(f"stats exploded at {url}")
+
+            cache.stats = failing  # type: ignore[method-assign]
+            with pytest.raises(ServerError) as failed:
+                client.stats()
+            assert failed.value.code == "INTERNAL"
+            assert "exploded" not in failed.value.details and "request id" in failed.value.details
+            # One tenant's view is not built yet, and says so rather than answering the totals.
+            with pytest.raises(UnimplementedError, match="GetStats for one tenant"):
+                client.stats("acme")
     finally:
         handle.stop()

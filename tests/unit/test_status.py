@@ -43,3 +43,13 @@ def test_task_group_failures_report_the_domain_error() -> None:
     found = _first_domain_error(group)
     assert isinstance(found, errors.InvalidInput)
     assert str(found) == "chunk too big"
+
+
+def test_backend_errors_reach_the_client_without_the_backends_address() -> None:
+    from voxwire_server.storage import StoreUnavailable
+
+    exc = StoreUnavailable("the Redis store at redis://10.1.2.3:6390 is unavailable (ConnectionError)")
+    code, message = status_for(exc, "abc123")
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert "10.1.2.3" not in message and "6390" not in message
+    assert "abc123" in message and "cache store" in message

@@ -10,7 +10,10 @@ from voxwire_server.errors import Unavailable
 
 
 class StoreUnavailable(Unavailable):
-    """The backend cannot be reached; caches treat this as a miss and carry on."""
+    """The backend cannot be reached; caches treat this as a miss and carry on. Its message says
+    where the backend is: for the log, never for the client."""
+
+    client_message = "the server's cache store is unavailable; retry shortly"
 
 
 @dataclass(frozen=True, slots=True)

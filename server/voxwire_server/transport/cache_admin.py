@@ -27,26 +27,32 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
     async def GetStats(
         self, request: cache_admin_pb2.GetStatsRequest, context: Context
     ) -> cache_admin_pb2.GetStatsResponse:
-        t = self._rt.telemetry
-        recognizer, synthesizer = self._rt.engines()
-        cache = self._rt.synthesis_cache
-        tiers = await cache.stats() if cache is not None else []
-        return cache_admin_pb2.GetStatsResponse(
-            tiers=[
-                cache_admin_pb2.CacheTierStats(
-                    tier=x.tier, entries=x.entries, hits=x.hits, misses=x.misses, bytes=x.bytes
+        async with mapped_errors(context, new_request_id()):
+            if request.tenant_id:
+                # Until tenants come from credentials, one tenant's view would be anybody's to read.
+                raise NotImplementedCapability(
+                    "GetStats for one tenant (tenant_id); leave it empty for the server's totals"
                 )
-                for x in tiers
-            ],
-            uptime_s=t.uptime_s,
-            active_streams=t.active_streams,
-            recognize_requests=t.recognize_requests,
-            streaming_requests=t.streaming_requests,
-            synthesize_requests=t.synthesize_requests,
-            server_version=__version__,
-            asr_model=recognizer.model_name if recognizer else "",
-            tts_model=synthesizer.model_name if synthesizer else "",
-        )
+            t = self._rt.telemetry
+            recognizer, synthesizer = self._rt.engines()
+            cache = self._rt.synthesis_cache
+            tiers = await cache.stats() if cache is not None else []
+            return cache_admin_pb2.GetStatsResponse(
+                tiers=[
+                    cache_admin_pb2.CacheTierStats(
+                        tier=x.tier, entries=x.entries, hits=x.hits, misses=x.misses, bytes=x.bytes
+                    )
+                    for x in tiers
+                ],
+                uptime_s=t.uptime_s,
+                active_streams=t.active_streams,
+                recognize_requests=t.recognize_requests,
+                streaming_requests=t.streaming_requests,
+                synthesize_requests=t.synthesize_requests,
+                server_version=__version__,
+                asr_model=recognizer.model_name if recognizer else "",
+                tts_model=synthesizer.model_name if synthesizer else "",
+            )
 
     async def PurgeUser(
         self, request: cache_admin_pb2.PurgeUserRequest, context: Context

@@ -29,9 +29,13 @@ _CODES: tuple[tuple[type[errors.VoxwireError], grpc.StatusCode], ...] = (
 
 
 def status_for(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, str]:
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return code, str(exc)
+    if isinstance(exc, errors.VoxwireError):
+        for kind, code in _CODES:
+            if isinstance(exc, kind):
+                if exc.client_message is not None:
+                    log.warning("request %s failed: %s", request_id, exc)
+                    return code, f"{exc.client_message} (request id {request_id})"
+                return code, str(exc)
     log.error("internal error in request %s", request_id, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
 
