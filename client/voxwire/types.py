@@ -214,7 +214,8 @@ class StreamUpdate:
     committed_audio_offset_ms: int
     """Audio before this offset is fully transcribed (covered by finals)."""
     resume_token: bytes = b""
-    """Opaque token to resume the stream after a disconnect; empty while unavailable."""
+    """Opaque token to resume the stream after a disconnect; always empty until the server can resume
+    streams."""
 
 
 @dataclass(frozen=True, slots=True)

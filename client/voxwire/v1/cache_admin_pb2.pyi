@@ -25,7 +25,9 @@ class GetStatsRequest(_message.Message):
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
-    """"" for all tenants."""
+    """Must be empty (the server's totals): one tenant's view is UNIMPLEMENTED until tenants come from
+    credentials.
+    """
     def __init__(
         self,
         *,

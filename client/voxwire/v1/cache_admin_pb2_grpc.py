@@ -68,7 +68,7 @@ class CacheAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PurgeUser(self, request, context):
-        """Removes every cache entry and stored stream state belonging to one user of one tenant.
+        """Removes every cache entry belonging to one user of one tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,7 +82,8 @@ class CacheAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitCorrection(self, request, context):
-        """Records the right transcript for audio the recognizer got wrong.
+        """Records the right transcript for audio the recognizer got wrong. UNIMPLEMENTED until the
+        recognition caches exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

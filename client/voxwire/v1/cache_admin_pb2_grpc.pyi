@@ -35,11 +35,13 @@ class CacheAdminStub:
     def __new__(cls, channel: _aio.Channel) -> CacheAdminAsyncStub: ...
     GetStats: _grpc.UnaryUnaryMultiCallable[_cache_admin_pb2.GetStatsRequest, _cache_admin_pb2.GetStatsResponse]
     PurgeUser: _grpc.UnaryUnaryMultiCallable[_cache_admin_pb2.PurgeUserRequest, _cache_admin_pb2.PurgeUserResponse]
-    """Removes every cache entry and stored stream state belonging to one user of one tenant."""
+    """Removes every cache entry belonging to one user of one tenant."""
     Warmup: _grpc.UnaryUnaryMultiCallable[_cache_admin_pb2.WarmupRequest, _cache_admin_pb2.WarmupResponse]
     """Precomputes phrases (and template prefixes) into the global synthesis cache."""
     SubmitCorrection: _grpc.UnaryUnaryMultiCallable[_cache_admin_pb2.SubmitCorrectionRequest, _cache_admin_pb2.SubmitCorrectionResponse]
-    """Records the right transcript for audio the recognizer got wrong."""
+    """Records the right transcript for audio the recognizer got wrong. UNIMPLEMENTED until the
+    recognition caches exist.
+    """
 
 @_typing.type_check_only
 class CacheAdminAsyncStub(CacheAdminStub):
@@ -48,11 +50,13 @@ class CacheAdminAsyncStub(CacheAdminStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStats: _aio.UnaryUnaryMultiCallable[_cache_admin_pb2.GetStatsRequest, _cache_admin_pb2.GetStatsResponse]  # type: ignore[assignment]
     PurgeUser: _aio.UnaryUnaryMultiCallable[_cache_admin_pb2.PurgeUserRequest, _cache_admin_pb2.PurgeUserResponse]  # type: ignore[assignment]
-    """Removes every cache entry and stored stream state belonging to one user of one tenant."""
+    """Removes every cache entry belonging to one user of one tenant."""
     Warmup: _aio.UnaryUnaryMultiCallable[_cache_admin_pb2.WarmupRequest, _cache_admin_pb2.WarmupResponse]  # type: ignore[assignment]
     """Precomputes phrases (and template prefixes) into the global synthesis cache."""
     SubmitCorrection: _aio.UnaryUnaryMultiCallable[_cache_admin_pb2.SubmitCorrectionRequest, _cache_admin_pb2.SubmitCorrectionResponse]  # type: ignore[assignment]
-    """Records the right transcript for audio the recognizer got wrong."""
+    """Records the right transcript for audio the recognizer got wrong. UNIMPLEMENTED until the
+    recognition caches exist.
+    """
 
 class CacheAdminServicer(metaclass=_abc_1.ABCMeta):
     """Operating the caches."""
@@ -70,7 +74,7 @@ class CacheAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_admin_pb2.PurgeUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_admin_pb2.PurgeUserResponse, _abc.Awaitable[_cache_admin_pb2.PurgeUserResponse]]:
-        """Removes every cache entry and stored stream state belonging to one user of one tenant."""
+        """Removes every cache entry belonging to one user of one tenant."""
 
     @_abc_1.abstractmethod
     def Warmup(
@@ -86,6 +90,8 @@ class CacheAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_admin_pb2.SubmitCorrectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_admin_pb2.SubmitCorrectionResponse, _abc.Awaitable[_cache_admin_pb2.SubmitCorrectionResponse]]:
-        """Records the right transcript for audio the recognizer got wrong."""
+        """Records the right transcript for audio the recognizer got wrong. UNIMPLEMENTED until the
+        recognition caches exist.
+        """
 
 def add_CacheAdminServicer_to_server(servicer: CacheAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

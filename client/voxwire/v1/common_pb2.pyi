@@ -73,7 +73,9 @@ Global___CachePolicy: _TypeAlias = CachePolicy  # noqa: Y015
 
 @_typing.final
 class RequestContext(_message.Message):
-    """Who a request is for. Cache entries are salted per tenant and can be purged per user."""
+    """Who a request is for. Cache keys are HMAC-SHA-256 of tenant, user and content under a server secret;
+    a user's entries can be purged.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -85,7 +87,9 @@ class RequestContext(_message.Message):
     user_id: _builtins.str
     cache_policy: Global___CachePolicy.ValueType
     request_id: _builtins.str
-    """Echoed in server logs; the server generates one when empty."""
+    """Stamped on every server log line about this request and named in its INTERNAL and UNAVAILABLE
+    errors; the server generates one when empty. At most 64 letters, digits and . _ : -
+    """
     def __init__(
         self,
         *,

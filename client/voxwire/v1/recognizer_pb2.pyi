@@ -248,7 +248,9 @@ class StreamingRecognitionConfig(_message.Message):
     stream_id: _builtins.str
     """Client-chosen id of the stream; the server assigns one when empty."""
     resume_token: _builtins.bytes
-    """Resume a stream from a token the server sent earlier."""
+    """Resume a stream from a token the server sent earlier. UNIMPLEMENTED (a non-empty token is
+    refused) until stream resumption exists.
+    """
     @_builtins.property
     def config(self) -> Global___RecognitionConfig: ...
     def __init__(
@@ -477,7 +479,9 @@ class StreamingRecognizeResponse(_message.Message):
     committed_audio_offset_ms: _builtins.int
     """Audio before this offset is fully transcribed (covered by finals)."""
     resume_token: _builtins.bytes
-    """Opaque token to resume the stream after a disconnect; empty while resumption is unavailable."""
+    """Opaque token to resume the stream after a disconnect; always empty until stream resumption
+    exists.
+    """
     @_builtins.property
     def result(self) -> Global___RecognitionResult: ...
     @_builtins.property
