@@ -177,7 +177,9 @@ class AsyncClient:
             chunk_ms: audio per message for a path or bytes source.
             realtime: send a path or bytes source no faster than real time.
             stream_id: the stream's id; the server assigns one when empty.
-            resume_token: a token from an earlier :class:`StreamUpdate` to resume that stream.
+            resume_token: a token from an earlier :class:`StreamUpdate` to resume that stream. Servers
+                without stream resumption (this version) answer a non-empty token with
+                :class:`~voxwire.errors.UnimplementedError`.
             timeout_s: deadline for the whole stream; None means none.
 
         Raises:
@@ -357,7 +359,10 @@ class AsyncClient:
         return _convert.voices_from_pb(response)
 
     async def stats(self, tenant_id: str = "", *, timeout_s: float | None = None) -> ServerStats:
-        """Cache and request counters of the server, or of one tenant."""
+        """Cache and request counters of the server.
+
+        ``tenant_id`` must be empty: one tenant's view is answered with
+        :class:`~voxwire.errors.UnimplementedError` until tenants come from credentials."""
         request = cache_admin_pb2.GetStatsRequest(tenant_id=tenant_id)
         try:
             response = await self._admin().GetStats(request, timeout=self._deadline(timeout_s))
@@ -366,7 +371,7 @@ class AsyncClient:
         return _convert.stats_from_pb(response)
 
     async def purge_user(self, tenant_id: str, user_id: str, *, timeout_s: float | None = None) -> int:
-        """Removes every cache entry and stored stream state of one user; returns how many entries went."""
+        """Removes every cache entry of one user of one tenant; returns how many entries went."""
         request = cache_admin_pb2.PurgeUserRequest(tenant_id=tenant_id, user_id=user_id)
         try:
             response = await self._admin().PurgeUser(request, timeout=self._deadline(timeout_s))
@@ -410,6 +415,9 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> bool:
         """Tells the server the right transcript of audio it got wrong; returns whether it was accepted.
+
+        Servers without the recognition caches (this version) answer
+        :class:`~voxwire.errors.UnimplementedError`.
 
         ``audio`` is a path, or bytes in ``encoding`` (with ``sample_rate_hz`` for LINEAR16).
         """

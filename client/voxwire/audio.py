@@ -1,8 +1,9 @@
 """Audio helpers: read files to send, write WAV files, cut PCM into chunks, pace chunks at real time.
 
-Only the standard library is used: WAV files are decoded with :mod:`wave` (16-bit PCM only);
-FLAC and Ogg Opus files are sent to the server as they are, with their sample rate, channel count
-and duration read from their headers where possible.
+Only the standard library is used: 16-bit PCM WAV files are decoded with :mod:`wave` and sent as
+LINEAR16; other WAV files (float, 24/32-bit, WAVE_FORMAT_EXTENSIBLE), FLAC and Ogg Opus files are
+sent to the server as they are, with their sample rate, channel count and duration read from their
+headers where possible.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ _CONTAINER_CHUNK_BYTES = 16 * 1024  # for compressed audio of unknown duration
 class AudioFile:
     """Audio read from a file, ready to send.
 
-    ``data`` is LINEAR16 PCM for ``.wav``, ``.raw`` and ``.pcm`` files and the file's bytes for
-    FLAC and Ogg Opus. ``sample_rate_hz`` and ``channels`` are 0 when the header could not be read;
-    ``duration_s`` is None when unknown.
+    ``data`` is LINEAR16 PCM for 16-bit PCM ``.wav``, ``.raw`` and ``.pcm`` files and the file's
+    bytes (``encoding`` WAV, FLAC or OGG_OPUS) for other WAV files, FLAC and Ogg Opus.
+    ``sample_rate_hz`` and ``channels`` are 0 when the header could not be read; ``duration_s`` is
+    None when unknown.
     """
 
     data: bytes
@@ -111,7 +113,8 @@ def read_audio_file(
     """Reads an audio file to send to the server.
 
     Args:
-        path: a ``.wav`` (16-bit PCM), ``.flac``, ``.ogg``/``.opus`` or ``.raw``/``.pcm`` file.
+        path: a ``.wav`` (16-bit PCM is sent as LINEAR16, other WAV as it is), ``.flac``,
+            ``.ogg``/``.opus`` or ``.raw``/``.pcm`` file.
         sample_rate_hz: the sample rate of a raw PCM file (required for ``.raw``/``.pcm``, ignored
             otherwise).
         channels: the channel count of a raw PCM file.
@@ -252,23 +255,48 @@ async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
 
 
 def _read_wav(path: str | os.PathLike[str]) -> AudioFile:
+    """16-bit PCM WAV as LINEAR16 samples; any other WAV (float, 24/32-bit, WAVE_FORMAT_EXTENSIBLE)
+    is sent as it is, for the server to decode."""
     name = os.fspath(path)
     try:
         with wave.open(name, "rb") as wav:
             width, rate, channels = wav.getsampwidth(), wav.getframerate(), wav.getnchannels()
-            if width != _SAMPLE_WIDTH:
-                raise ValueError(
-                    f"{name}: {8 * width}-bit WAV is not supported; convert it to 16-bit PCM "
-                    "(e.g. ffmpeg -i in.wav -c:a pcm_s16le out.wav)"
+            if width == _SAMPLE_WIDTH:
+                frames = wav.readframes(wav.getnframes())
+                return AudioFile(
+                    frames,
+                    AudioEncoding.LINEAR16,
+                    rate,
+                    channels,
+                    pcm_duration_s(len(frames), rate, channels),
                 )
-            frames = wav.readframes(wav.getnframes())
-    except wave.Error as exc:
-        raise ValueError(f"{name}: not a PCM WAV file the wave module can read ({exc})") from exc
+    except wave.Error:
+        pass  # a format the wave module does not know: the server may
     except EOFError as exc:
         raise ValueError(f"{name}: truncated WAV file") from exc
-    return AudioFile(
-        frames, AudioEncoding.LINEAR16, rate, channels, pcm_duration_s(len(frames), rate, channels)
-    )
+    data = Path(path).read_bytes()
+    rate, channels, duration = _wav_info(data, name)
+    return AudioFile(data, AudioEncoding.WAV, rate, channels, duration)
+
+
+def _wav_info(data: bytes, name: str) -> tuple[int, int, float | None]:
+    """Rate, channels and duration from a RIFF/WAVE header (fmt and data chunks)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ValueError(f"{name}: not a WAV file (no RIFF/WAVE header)")
+    pos, rate, channels, block_align = 12, 0, 0, 0
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        body = pos + 8
+        if chunk_id == b"fmt " and body + 16 <= len(data):
+            channels = int.from_bytes(data[body + 2 : body + 4], "little")
+            rate = int.from_bytes(data[body + 4 : body + 8], "little")
+            block_align = int.from_bytes(data[body + 12 : body + 14], "little")
+        elif chunk_id == b"data":
+            available = min(size, len(data) - body)
+            duration = available / (block_align * rate) if block_align and rate else None
+            return rate, channels, duration
+        pos = body + size + (size & 1)
+    raise ValueError(f"{name}: a WAV file without a data chunk")
 
 
 def _flac_info(data: bytes, name: str) -> tuple[int, int, float | None]:

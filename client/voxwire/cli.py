@@ -1,8 +1,9 @@
 """The ``voxwire`` command: transcribe, stream, synthesize and inspect a voxwire server.
 
-Exit status: 0 on success; 1 when the server is unreachable or unavailable (UNAVAILABLE), or
-``health`` finds it not serving; 2 for usage errors, unreadable files and every other RPC error
-(printed as ``voxwire: error: CODE: details``); 130 when interrupted.
+Exit status: 0 on success; 1 when the server is unreachable or unavailable (UNAVAILABLE),
+``health`` finds it not serving, or ``voices`` finds no voice for the language; 2 for usage errors,
+unreadable or unwritable files and every other RPC error (printed as ``voxwire: error: CODE:
+details``); 130 when interrupted. Every error is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 from voxwire import __version__
 from voxwire.audio import finalize_streamed_wav
@@ -47,13 +48,23 @@ Handler = Callable[[Client, argparse.Namespace], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as exc:
+        _error(f"{exc} (see voxwire --help)")
+        return 2
+    # Not parser defaults: a default on a shared option would overwrite, in the command's parser,
+    # a value given before the command.
+    if not hasattr(args, "server"):
+        args.server = os.environ.get("VOXWIRE_SERVER") or DEFAULT_SERVER
+    if not hasattr(args, "timeout"):
+        args.timeout = None
     handler: Handler = args.handler
     try:
         with Client(args.server, timeout_s=args.timeout) as client:
             return handler(client, args)
     except UnavailableError as exc:
-        _error(f"{exc.code}: {exc.details or 'server unavailable'} (server {args.server})")
+        _error(f"{exc.code}: {exc.details or 'server unavailable'} (server {args.server}){_hint(exc)}")
         return 1
     except VoxwireError as exc:
         _error(f"{exc.code}: {exc.details}")
@@ -63,39 +74,79 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except FileNotFoundError as exc:
-        _error(f"no such file: {exc.filename}")
+        _error(f"no such file or directory: {exc.filename}")
         return 2
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}")
+        return 2
+    except ValueError as exc:
         _error(str(exc))
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug here must still not greet the user with a traceback
+        _error(f"unexpected {type(exc).__name__}: {exc}")
+        return 2
+
+
+def _hint(exc: UnavailableError) -> str:
+    if "connect" not in exc.details.lower():
+        return ""
+    return (
+        "; is voxwire-server running there? Start it with `make serve` (or `voxwire-server --listen "
+        "HOST:PORT`), or point --server / $VOXWIRE_SERVER at it"
+    )
 
 
 def _error(message: str) -> None:
     print(f"voxwire: error: {message}", file=sys.stderr)
 
 
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """One line for a usage error, like every other error of this command (not usage + message)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.prog}: {message}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="voxwire", description="Client of a voxwire speech server.")
-    parser.add_argument("--version", action="version", version=f"voxwire {__version__}")
-    parser.add_argument(
+    # --server and --timeout go before or after the command: the command's copy, when given, wins.
+    common = _Parser(add_help=False)
+    common.add_argument(
         "--server",
-        default=os.environ.get("VOXWIRE_SERVER") or DEFAULT_SERVER,
+        default=argparse.SUPPRESS,
         metavar="HOST:PORT",
         help=f"server address (default: $VOXWIRE_SERVER or {DEFAULT_SERVER})",
     )
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline of each unary call")
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help="deadline of each unary call",
+    )
+    parser = _Parser(prog="voxwire", description="Client of a voxwire speech server.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"voxwire {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("transcribe", help="transcribe a whole audio file")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, parents=[common])
+
+    p = command("transcribe", "transcribe a whole audio file")
     _add_recognition_args(p)
     p.add_argument("--words", action="store_true", help="also print word timings")
     p.add_argument("--prompt", default="", help="text that conditions the decoder")
-    p.add_argument("--hotword", action="extend", nargs="+", default=[], metavar="W", help="words to favour")
+    p.add_argument(
+        "--hotword", action="append", default=[], metavar="WORD", help="a word or phrase to favour (repeat)"
+    )
     p.set_defaults(handler=_transcribe)
 
-    p = commands.add_parser("stream", help="stream an audio file and print results as they come")
+    p = command("stream", "stream an audio file and print results as they come")
     _add_recognition_args(p)
     p.add_argument("--realtime", action="store_true", help="send audio no faster than real time")
     p.add_argument("--interim", action="store_true", help="ask for partial results")
@@ -104,18 +155,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--silence-ms", type=int, help="trailing silence that ends an utterance")
     p.set_defaults(handler=_stream)
 
-    p = commands.add_parser("say", help="synthesize speech to a file")
+    p = command("say", "synthesize speech to a file")
     p.add_argument("text", metavar="TEXT")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="file to write ('-': standard output)"
+    )
     kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--ssml", action="store_true", help="TEXT is SSML")
+    kind.add_argument("--ssml", action="store_true", help="TEXT is SSML (<speak>...</speak>)")
     kind.add_argument(
         "--template", action="store_true", help="TEXT is a template with {slots}, filled from --entity"
     )
     p.add_argument(
         "--entity", action="append", default=[], metavar="NAME=VALUE", help="a template slot's value (repeat)"
     )
-    p.add_argument("--tenant", default="", help="tenant id (cache entries are salted per tenant)")
+    p.add_argument("--tenant", default="", help="tenant id (cache entries are kept per tenant)")
     p.add_argument("--user", default="", help="user id (personal cache entries; PurgeUser removes them)")
     p.add_argument(
         "--cache", choices=["use", "bypass", "do_not_store"], default="use", help="cache policy (default use)"
@@ -127,17 +180,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="use the streaming RPC")
     p.set_defaults(handler=_say)
 
-    p = commands.add_parser("voices", help="list the voices")
+    p = command("voices", "list the voices")
     p.add_argument("--language", default="", help="language prefix, e.g. en-GB")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_voices)
 
-    p = commands.add_parser("stats", help="print cache and request counters")
-    p.add_argument("--tenant", default="", help="one tenant's counters")
+    p = command("stats", "print cache and request counters")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_stats)
 
-    p = commands.add_parser("warmup", help="put phrases and template prefixes in the global synthesis cache")
+    p = command("warmup", "put phrases and template prefixes in the global synthesis cache")
     p.add_argument("--phrase", action="append", default=[], help="a phrase to cache (repeat)")
     p.add_argument("--template", action="append", default=[], help="a template with {slots} (repeat)")
     p.add_argument("--voice", default="", help="voice name (default: the server's)")
@@ -146,19 +198,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", choices=["wav", "linear16", "ogg_opus"], default="wav")
     p.set_defaults(handler=_warmup)
 
-    p = commands.add_parser("purge", help="remove every cache entry of one user")
+    p = command("purge", "remove every cache entry of one user")
     p.add_argument("user", metavar="USER")
     p.add_argument("--tenant", default="", help="the user's tenant")
     p.set_defaults(handler=_purge)
 
-    p = commands.add_parser("health", help="print the health status (exit 0 when SERVING)")
+    p = command("health", "print the health status (exit 0 when SERVING)")
     p.add_argument("--service", default="", help="a service name; default: the whole server")
     p.set_defaults(handler=_health)
     return parser
 
 
 def _add_recognition_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", help=".wav (16-bit), .flac, .ogg/.opus or .raw/.pcm")
+    p.add_argument("file", metavar="FILE", help=".wav, .flac, .ogg/.opus or .raw/.pcm")
     p.add_argument("--tier", choices=["fast", "accurate"], help="model tier (default: the server's)")
     p.add_argument("--language", default="en", help="BCP-47 language (default en)")
     p.add_argument("--sample-rate", type=int, metavar="HZ", help="sample rate of a raw PCM file")
@@ -287,9 +339,28 @@ def _say(client: Client, args: argparse.Namespace) -> int:
         "user_id": args.user,
         "cache_policy": CachePolicy(args.cache),
     }
-    out = Path(args.output)
+    out = _Output(args.output)
+    try:
+        written = _synthesize_to(client, out, encoding, text_args, options, stream=args.stream)
+    except BaseException:
+        out.discard()
+        raise
+    print(f"wrote {out.name if out.name != '-' else 'standard output'}: {written}", file=sys.stderr)
+    return 0
+
+
+def _synthesize_to(
+    client: Client,
+    out: _Output,
+    encoding: AudioEncoding,
+    text_args: dict[str, Any],
+    options: dict[str, Any],
+    *,
+    stream: bool,
+) -> str:
+    """Synthesizes, writes the audio and returns what was written, in words."""
     started = time.monotonic()
-    if args.stream:
+    if stream:
         first_s: float | None = None
         parts: list[bytes] = []
         duration_ms, rate_hz, cache = 0, 0, "none"
@@ -300,27 +371,59 @@ def _say(client: Client, args: argparse.Namespace) -> int:
             parts.append(chunk.audio)
             duration_ms, rate_hz = chunk.audio_offset_ms + chunk.audio_duration_ms, chunk.sample_rate_hz
         data = b"".join(parts)
-        out.write_bytes(finalize_streamed_wav(data) if encoding is AudioEncoding.WAV else data)
+        out.write(finalize_streamed_wav(data) if encoding is AudioEncoding.WAV else data)
         first = f"{first_s:.2f}" if first_s is not None else "-"
-        print(
-            f"wrote {out}: {duration_ms / 1000:.2f} s of audio at {rate_hz} Hz, {encoding.value}, "
-            f"{len(parts)} chunks, first after {first} s, cache {cache}",
-            file=sys.stderr,
+        return (
+            f"{duration_ms / 1000:.2f} s of audio at {rate_hz} Hz, {encoding.value}, "
+            f"{len(parts)} chunks, first after {first} s, cache {cache}"
         )
-        return 0
     result = client.synthesize(**text_args, **options)
-    out.write_bytes(result.audio)
-    print(
-        f"wrote {out}: {result.audio_duration_ms / 1000:.2f} s of audio at {result.sample_rate_hz} Hz, "
+    out.write(result.audio)
+    return (
+        f"{result.audio_duration_ms / 1000:.2f} s of audio at {result.sample_rate_hz} Hz, "
         f"{result.encoding.value}, voice {result.voice or '-'}, cache {result.cache_status.value}, "
-        f"took {time.monotonic() - started:.2f} s",
-        file=sys.stderr,
+        f"took {time.monotonic() - started:.2f} s"
     )
-    return 0
+
+
+class _Output:
+    """Where ``say`` writes ('-': standard output). Checked before anything is synthesized, so an
+    unwritable path costs no synthesis; written once the audio is whole."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._created = False
+        if name == "-":
+            return
+        path = Path(name)
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory, not a file to write", name)
+        existed = path.exists()
+        with path.open("ab"):  # OSError now: no such directory, no permission, read-only
+            pass
+        self._created = not existed
+
+    def write(self, data: bytes) -> None:
+        if self.name == "-":
+            stdout: BinaryIO = sys.stdout.buffer
+            stdout.write(data)
+            stdout.flush()
+        else:
+            Path(self.name).write_bytes(data)
+        self._created = False
+
+    def discard(self) -> None:
+        """Removes the empty file the check created, when nothing was written to it."""
+        if self._created:
+            Path(self.name).unlink(missing_ok=True)
 
 
 def _voices(client: Client, args: argparse.Namespace) -> int:
     voices = client.list_voices(args.language)
+    if not voices and args.language:
+        offered = sorted({v.language for v in client.list_voices()})
+        _error(f"no voice for language {args.language!r}; this server speaks: {', '.join(offered) or 'none'}")
+        return 1
     if args.json:
         print(json.dumps([dataclasses.asdict(v) for v in voices], ensure_ascii=False))
         return 0
@@ -342,7 +445,7 @@ def _voices(client: Client, args: argparse.Namespace) -> int:
 
 
 def _stats(client: Client, args: argparse.Namespace) -> int:
-    stats = client.stats(args.tenant)
+    stats = client.stats()
     if args.json:
         print(json.dumps(dataclasses.asdict(stats), ensure_ascii=False))
         return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +185,39 @@ def test_interim_results_commit_words_that_never_change(client: Client) -> None:
         committed = words[: round(partial.stability * len(words))]
     assert committed, "consecutive partials agree on a prefix"
     assert wer([(clip.text, finals[0].transcript)]) <= 0.15
+
+
+# The KSDATAFORMAT_SUBTYPE_* GUIDs of WAVE_FORMAT_EXTENSIBLE after their first two bytes (the tag).
+KSDATAFORMAT_GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")
+
+
+def wav_of_layout(pcm16: bytes, rate: int, layout: str) -> bytes:
+    """The same speech as a 32-bit float WAV, or a 16-bit WAV in WAVE_FORMAT_EXTENSIBLE form: files
+    Python's wave module cannot read."""
+    samples = np.frombuffer(pcm16, np.int16)
+    if layout == "float32":
+        tag, bits, body = 3, 32, (samples.astype("<f4") / 32768).tobytes()
+    else:
+        tag, bits, body = 1, 16, samples.astype("<i2").tobytes()
+    fmt = struct.pack(
+        "<HHIIHH", 0xFFFE if layout == "extensible" else tag, 1, rate, rate * bits // 8, bits // 8, bits
+    )
+    if layout == "extensible":
+        fmt += struct.pack("<HHIH", 22, bits, 4, tag) + KSDATAFORMAT_GUID_TAIL
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(body)) + body
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+@pytest.mark.parametrize("layout", ["float32", "extensible"])
+def test_wav_files_the_wave_module_cannot_read_are_transcribed_and_streamed(
+    client: Client, tmp_path: Path, layout: str
+) -> None:
+    (clip,) = speech_clips(["harvard_sb_spk1_snt3"])
+    pcm16, rate = pcm_of(str(clip.path))
+    path = tmp_path / f"{layout}.wav"
+    path.write_bytes(wav_of_layout(pcm16, rate, layout))
+    with pytest.raises(wave.Error):
+        wave.open(str(path)).close()
+    assert wer([(clip.text, client.recognize(str(path)).text)]) <= 0.15
+    streamed = " ".join(finals(list(client.stream(str(path), chunk_ms=100))))
+    assert wer([(clip.text, streamed)]) <= 0.15, streamed

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import wave
 
 import av
@@ -80,9 +81,63 @@ def test_stream_decoder_rejects_bad_streams() -> None:
     # FLAC and OGG_OPUS stream too (tests/unit/test_audio_streaming_containers.py); the container is checked.
     with pytest.raises(InvalidInput, match="declared as FLAC is a wav container"):
         StreamDecoder(AudioFormat(Encoding.FLAC)).feed(wav_bytes(tone(16000, 0.1), 16000))
-    eight_bit = wav_bytes(b"", 16000).replace(b"\x10\x00data", b"\x08\x00data")
-    with pytest.raises(InvalidInput, match="16-bit PCM"):
-        StreamDecoder(AudioFormat(Encoding.WAV)).feed(eight_bit)
+    twelve_bit = wav_bytes(b"", 16000).replace(b"\x10\x00data", b"\x0c\x00data")
+    with pytest.raises(InvalidInput, match="must be 8/16/24/32-bit PCM or 32/64-bit float"):
+        StreamDecoder(AudioFormat(Encoding.WAV)).feed(twelve_bit)
+    adpcm = wav_bytes(b"", 16000).replace(b"fmt \x10\x00\x00\x00\x01\x00", b"fmt \x10\x00\x00\x00\x02\x00")
+    with pytest.raises(InvalidInput, match="format tag 2"):
+        StreamDecoder(AudioFormat(Encoding.WAV)).feed(adpcm)
+
+
+# The KSDATAFORMAT_SUBTYPE_* GUIDs of WAVE_FORMAT_EXTENSIBLE after their first two bytes (the tag).
+KSDATAFORMAT_GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")
+
+
+def any_wav(samples: np.ndarray, rate: int, tag: int, bits: int, *, extensible: bool = False) -> bytes:
+    """A WAV of float samples in -1..1, in any PCM or float layout (the wave module writes 16-bit only)."""
+    if tag == 3:
+        body = samples.astype("<f4" if bits == 32 else "<f8").tobytes()
+    elif bits == 8:
+        body = (np.round(samples * 127) + 128).astype(np.uint8).tobytes()
+    elif bits == 24:
+        ints = np.round(samples * (2**23 - 1)).astype("<i4")
+        body = b"".join(int(v).to_bytes(3, "little", signed=True) for v in ints)
+    else:
+        body = np.round(samples * (2 ** (bits - 1) - 1)).astype(f"<i{bits // 8}").tobytes()
+    block = bits // 8
+    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else tag, 1, rate, rate * block, block, bits)
+    if extensible:
+        fmt += struct.pack("<HHI", 22, bits, 4) + struct.pack("<H", tag) + KSDATAFORMAT_GUID_TAIL
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(body)) + body
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+@pytest.mark.parametrize(
+    ("tag", "bits", "extensible"),
+    [
+        (1, 8, False),
+        (1, 24, False),
+        (1, 32, False),
+        (3, 32, False),
+        (3, 64, False),
+        (3, 32, True),
+        (1, 16, True),
+    ],
+)
+def test_streamed_wav_of_any_pcm_or_float_layout_decodes_like_16_bit(
+    tag: int, bits: int, extensible: bool
+) -> None:
+    t = np.arange(16000) / 16000
+    samples = (np.sin(2 * np.pi * 440 * t) * 0.25).astype(np.float64)
+    reference = np.round(samples * 32767).astype(np.int16)
+    data = any_wav(samples, 16000, tag, bits, extensible=extensible)
+    decoder = StreamDecoder(AudioFormat(Encoding.WAV))
+    out = np.concatenate(
+        [decoder.feed(data[i : i + 999]) for i in range(0, len(data), 999)] + [decoder.finish()]
+    )
+    assert out.size == reference.size
+    tolerance = 300 if bits == 8 else 2
+    assert int(np.abs(out.astype(np.int32) - reference).max()) <= tolerance
 
 
 @pytest.mark.parametrize(
@@ -117,3 +172,15 @@ def test_encoder_output_decodes_to_the_right_rate_and_duration(encoding: Encodin
 def test_opus_refuses_rates_it_cannot_carry() -> None:
     with pytest.raises(InvalidInput, match="OGG_OPUS output supports"):
         AudioEncoder(Encoding.OGG_OPUS, 24000, 22050)
+
+
+def test_a_wav_clip_of_an_unknown_codec_is_invalid_input() -> None:
+    fmt = (
+        struct.pack("<HHIIHH", 0xFFFE, 1, 16000, 32000, 2, 16)
+        + struct.pack("<HHIH", 22, 16, 4, 1)
+        + bytes(14)
+    )
+    body = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 3200) + bytes(3200)
+    data = b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body
+    with pytest.raises(InvalidInput, match="cannot decode"):
+        decode_clip(data, AudioFormat(Encoding.WAV))

@@ -35,15 +35,18 @@ def test_wav_round_trip(tmp_path: Path) -> None:
     assert af == AudioFile(pcm, AudioEncoding.LINEAR16, 22050, 2, 0.5)
 
 
-def test_wav_that_is_not_16_bit_is_refused(tmp_path: Path) -> None:
+def test_wav_that_is_not_16_bit_goes_to_the_server_as_it_is(tmp_path: Path) -> None:
     path = tmp_path / "8bit.wav"
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(1)
         out.setframerate(8000)
-        out.writeframes(b"\x80" * 100)
-    with pytest.raises(ValueError, match="8-bit WAV is not supported"):
-        read_audio_file(path)
+        out.writeframes(b"\x80" * 800)
+    audio = read_audio_file(path)
+    assert audio.encoding is AudioEncoding.WAV
+    assert audio.data == path.read_bytes()
+    assert (audio.sample_rate_hz, audio.channels, audio.duration_s) == (8000, 1, 0.1)
+    assert audio.can_pace
 
 
 def test_garbage_wav_is_a_value_error(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import struct
 import wave
 from collections.abc import Iterator
 from concurrent import futures
@@ -89,6 +90,8 @@ class FakeServer(
 
     def Synthesize(self, request: Any, context: Any) -> Any:
         self.requests.append(request)
+        if self.fail_with:
+            context.abort(*self.fail_with)
         pcm = b"\x05\x00" * 1600
         audio = _wav_bytes(pcm) if request.encoding == common_pb2.WAV else pcm
         return synthesizer_pb2.SynthesizeResponse(
@@ -118,7 +121,9 @@ class FakeServer(
                 name="alan", language="en-GB", native_sample_rate_hz=16000, is_default=True
             ),
         ]
-        return synthesizer_pb2.ListVoicesResponse(voices=voices)
+        return synthesizer_pb2.ListVoicesResponse(
+            voices=[v for v in voices if v.language.lower().startswith(request.language.lower())]
+        )
 
     def GetStats(self, request: Any, context: Any) -> Any:
         tier = cache_admin_pb2.CacheTierStats(tier="tts.phrase", entries=3, hits=1, misses=3, bytes=4096)
@@ -167,13 +172,14 @@ def test_transcribe_prints_the_text(
 ) -> None:
     target, fake = server
     code = main(
-        ["--server", target, "transcribe", str(wav), "--tier", "accurate", "--hotword", "lights", "lamp"]
-    )
+        ["--server", target, "transcribe", "--hotword", "lights", str(wav), "--tier", "accurate", "--hotword",
+         "living room lamp"]
+    )  # fmt: skip
     assert code == 0
     assert capsys.readouterr().out == "Hi there. Bye.\n"
     (request,) = fake.requests
     assert request.config.model_tier == recognizer_pb2.MODEL_TIER_ACCURATE
-    assert list(request.config.hotwords) == ["lights", "lamp"]
+    assert list(request.config.hotwords) == ["lights", "living room lamp"]
     assert request.config.sample_rate_hz == 16000
 
 
@@ -373,7 +379,7 @@ def test_missing_file_and_bad_audio(
 ) -> None:
     target, fake = server
     assert main(["--server", target, "transcribe", str(tmp_path / "nope.wav")]) == 2
-    assert capsys.readouterr().err == f"voxwire: error: no such file: {tmp_path / 'nope.wav'}\n"
+    assert capsys.readouterr().err == f"voxwire: error: no such file or directory: {tmp_path / 'nope.wav'}\n"
     raw = tmp_path / "a.raw"
     raw.write_bytes(b"\x00\x00" * 10)
     assert main(["--server", target, "stream", str(raw)]) == 2
@@ -381,16 +387,142 @@ def test_missing_file_and_bad_audio(
     assert fake.requests == []
 
 
-def test_unreachable_server_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    assert main(["--server", f"127.0.0.1:{port}", "--timeout", "10", "voices"]) == 1
-    assert capsys.readouterr().err.startswith("voxwire: error: UNAVAILABLE: ")
+        return int(sock.getsockname()[1])
 
 
-def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as caught:
-        main(["say", "hi"])  # -o is required
-    assert caught.value.code == 2
-    assert "-o/--output" in capsys.readouterr().err
+def test_unreachable_server_exits_1_and_says_how_to_start_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--server", f"127.0.0.1:{_closed_port()}", "--timeout", "10", "voices"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("voxwire: error: UNAVAILABLE: ")
+    assert "make serve" in err and "--server" in err
+    assert err.count("\n") == 1
+
+
+def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["say", "hi"]) == 2  # -o is required
+    err = capsys.readouterr().err
+    assert "-o/--output" in err
+    assert err.count("\n") == 1 and err.startswith("voxwire: error: ")
+
+
+def test_server_and_timeout_go_before_or_after_the_command(
+    server: tuple[str, FakeServer],
+    wav: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target, fake = server
+    monkeypatch.setenv("VOXWIRE_SERVER", f"127.0.0.1:{_closed_port()}")
+    assert main(["transcribe", str(wav), "--server", target, "--timeout", "30"]) == 0
+    assert main(["--server", target, "transcribe", str(wav)]) == 0
+    # Given in both places, the one after the command wins.
+    assert main(["--server", f"127.0.0.1:{_closed_port()}", "health", "--server", target]) == 0
+    assert len(fake.requests) == 2
+    assert main(["voices", "--timeout", "5"]) == 1  # $VOXWIRE_SERVER: nothing listens there
+
+
+def test_say_to_standard_output(
+    server: tuple[str, FakeServer], capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    target, _ = server
+    assert main(["--server", target, "say", "Hi", "-o", "-"]) == 0
+    out, err = capsysbinary.readouterr()
+    assert out == _wav_bytes(b"\x05\x00" * 1600)
+    assert err.startswith(b"wrote standard output: 0.10 s of audio")
+    assert main(["--server", target, "say", "Hi", "-o", "-", "--stream"]) == 0
+    streamed = capsysbinary.readouterr().out
+    with wave.open(io.BytesIO(streamed), "rb") as played:  # the sizes filled in, as in a file
+        assert played.readframes(1600) == b"\x01\x00" * 800 + b"\x02\x00" * 800
+
+
+def test_an_unwritable_output_is_refused_before_synthesis(
+    server: tuple[str, FakeServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target, fake = server
+    missing = tmp_path / "no" / "such" / "dir" / "x.wav"
+    assert main(["--server", target, "say", "Hi", "-o", str(missing)]) == 2
+    assert capsys.readouterr().err == f"voxwire: error: no such file or directory: {missing}\n"
+    assert main(["--server", target, "say", "Hi", "-o", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert fake.requests == []
+
+
+def test_a_failed_synthesis_leaves_no_empty_file(
+    server: tuple[str, FakeServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target, fake = server
+    out = tmp_path / "x.wav"
+    fake.fail_with = (grpc.StatusCode.INVALID_ARGUMENT, "bad SSML")
+    assert main(["--server", target, "say", "Hi", "-o", str(out)]) == 2
+    assert not out.exists()
+    existing = tmp_path / "kept.wav"
+    existing.write_bytes(b"old")
+    assert main(["--server", target, "say", "Hi", "-o", str(existing)]) == 2
+    assert existing.read_bytes() == b"old"
+
+
+def test_voices_for_a_language_nobody_speaks_say_so(
+    server: tuple[str, FakeServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    target, _ = server
+    assert main(["--server", target, "voices", "--language", "xx"]) == 1
+    assert (
+        capsys.readouterr().err
+        == "voxwire: error: no voice for language 'xx'; this server speaks: en-GB, en-US\n"
+    )
+
+
+def test_wav_files_the_wave_module_cannot_read_go_to_the_server_as_they_are(
+    server: tuple[str, FakeServer], tmp_path: Path
+) -> None:
+    target, fake = server
+    pcm = struct.pack("<1600f", *([0.25] * 1600))
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 64000, 4, 32)
+    body = b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(pcm)) + pcm
+    path = tmp_path / "float.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body)
+    assert main(["--server", target, "transcribe", str(path)]) == 0
+    (request,) = fake.requests
+    assert request.config.encoding == common_pb2.WAV
+    assert request.audio == path.read_bytes()
+    assert main(["--server", target, "stream", str(path), "--realtime", "--chunk-ms", "50"]) == 0
+    streamed = [r for r in fake.requests[1:] if r.WhichOneof("request") == "audio"]
+    assert b"".join(r.audio for r in streamed) == path.read_bytes()
+    assert len(streamed) == 2  # 0.1 s in 50 ms pieces
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["transcribe"],
+        ["transcribe", "{wav}", "--tier", "huge"],
+        ["transcribe", "{tmp}/missing.flac"],
+        ["transcribe", "{tmp}/notes.txt"],
+        ["stream", "{wav}", "--chunk-ms", "0"],
+        ["say", "Hi", "-o", "{tmp}/none/x.wav"],
+        ["say", "Hi", "-o", "{tmp}/x.wav", "--entity", "a=b"],
+        ["voices", "--language", "xx"],
+        ["warmup"],
+        ["nosuchcommand"],
+        ["--server", "127.0.0.1:{closed}", "--timeout", "5", "health"],
+    ],
+)
+def test_every_error_is_one_line_and_a_non_zero_exit(
+    server: tuple[str, FakeServer],
+    wav: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    target, _ = server
+    (tmp_path / "notes.txt").write_text("not audio")
+    filled = [a.format(wav=wav, tmp=tmp_path, closed=_closed_port()) for a in argv]
+    if "--server" not in filled:
+        filled = ["--server", target, *filled]
+    assert main(filled) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("voxwire: error: "), err
+    assert "Traceback" not in err

@@ -252,7 +252,7 @@ def test_stats_and_voices_from_pb() -> None:
 
 def test_channel_options_defaults_and_overrides() -> None:
     options = dict(_convert.channel_options([("grpc.max_receive_message_length", 1024), ("grpc.x", "y")]))
-    assert options["grpc.max_send_message_length"] == 64 * 1024 * 1024
+    assert options["grpc.max_send_message_length"] == -1  # the server sets the request limit
     assert options["grpc.max_receive_message_length"] == 1024
     assert options["grpc.x"] == "y"
 

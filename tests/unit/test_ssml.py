@@ -106,6 +106,14 @@ def test_the_root_must_be_speak() -> None:
     assert error("<p>Hi</p>") == "invalid SSML at line 1, column 1: the root element must be <speak>, not <p>"
 
 
+def test_plain_text_sent_as_ssml_says_to_wrap_it_in_speak() -> None:
+    assert error("Turn on the lights.") == (
+        "invalid SSML at line 1, column 1: this is plain text, not SSML: wrap it in <speak>...</speak>, "
+        "or send it as text"
+    )
+    assert error("\n  Hi <break/>").startswith("invalid SSML at line 2, column 3: this is plain text")
+
+
 def test_speak_cannot_be_nested() -> None:
     assert "cannot be nested" in error("<speak><speak>Hi</speak></speak>")
 

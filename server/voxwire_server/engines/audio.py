@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import av
@@ -111,6 +112,8 @@ def _decode_container(data: bytes, fmt: AudioFormat) -> Float32Array:
             if not container.streams.audio:
                 raise InvalidInput(f"the {name} data holds no audio stream")
             stream = container.streams.audio[0]
+            if stream.codec_context is None:
+                raise InvalidInput(f"the {name} data holds audio in a format this server cannot decode")
             rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
             rates = {rate}
             head = stream.codec_context.extradata or b""
@@ -145,6 +148,7 @@ class StreamDecoder:
         self._pending = b""
         self._resampler: Resampler | None = None
         self._frame_bytes = 0
+        self._bits, self._floating = 16, False
         self._container: ContainerStream | None = None
         # The source stream's rate and channels once known (Opus: its 48 kHz decoding rate).
         self.sample_rate_hz = 0
@@ -159,10 +163,11 @@ class StreamDecoder:
             # WAV: the header tells the format; declared values must at least be valid ones.
             check_pcm_format(fmt.sample_rate_hz or ASR_SAMPLE_RATE_HZ, fmt.channels or 1)
 
-    def _start_pcm(self, sample_rate_hz: int, channels: int) -> None:
+    def _start_pcm(self, sample_rate_hz: int, channels: int, bits: int = 16, floating: bool = False) -> None:
         check_pcm_format(sample_rate_hz, channels)
         self.sample_rate_hz, self.channels = sample_rate_hz, channels
-        self._frame_bytes = 2 * channels
+        self._bits, self._floating = bits, floating
+        self._frame_bytes = bits // 8 * channels
         self._resampler = Resampler(sample_rate_hz, channels, ASR_SAMPLE_RATE_HZ)
 
     def chunk_duration_ms(self, nbytes: int) -> float:
@@ -191,21 +196,21 @@ class StreamDecoder:
                     raise InvalidInput("no WAV data chunk within the first 64 KiB of the stream")
                 self._pending = data
                 return np.zeros(0, np.int16)
-            rate, channels, data_offset = header
-            if self._fmt.sample_rate_hz and self._fmt.sample_rate_hz != rate:
+            if self._fmt.sample_rate_hz and self._fmt.sample_rate_hz != header.rate:
                 raise InvalidInput(
-                    f"sample_rate_hz {self._fmt.sample_rate_hz} does not match the WAV header ({rate} Hz)"
+                    f"sample_rate_hz {self._fmt.sample_rate_hz} does not match the WAV header "
+                    f"({header.rate} Hz)"
                 )
-            if self._fmt.channels and self._fmt.channels != channels:
+            if self._fmt.channels and self._fmt.channels != header.channels:
                 raise InvalidInput(
-                    f"channels {self._fmt.channels} does not match the WAV header ({channels})"
+                    f"channels {self._fmt.channels} does not match the WAV header ({header.channels})"
                 )
-            self._start_pcm(rate, channels)
-            data = data[data_offset:]
+            self._start_pcm(header.rate, header.channels, header.bits, header.floating)
+            data = data[header.data_offset :]
         usable = len(data) - len(data) % self._frame_bytes
         self._pending = data[usable:]
         assert self._resampler is not None
-        return self._resampler.feed(np.frombuffer(data[:usable], dtype="<i2").astype(np.int16))
+        return self._resampler.feed(_to_pcm16(data[:usable], self._bits, self._floating))
 
     def finish(self) -> Int16Array:
         """The samples still held back; raises InvalidInput when the stream is truncated."""
@@ -218,8 +223,23 @@ class StreamDecoder:
         return self._resampler.flush()
 
 
-def _parse_wav_header(data: bytes) -> tuple[int, int, int] | None:
-    """(rate, channels, offset of the PCM data), None if more bytes are needed."""
+@dataclass(frozen=True, slots=True)
+class _WavFormat:
+    rate: int
+    channels: int
+    bits: int
+    floating: bool
+    data_offset: int
+
+
+_WAVE_FORMAT_PCM = 1
+_WAVE_FORMAT_IEEE_FLOAT = 3
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+_PCM_BITS = (8, 16, 24, 32)
+
+
+def _parse_wav_header(data: bytes) -> _WavFormat | None:
+    """The stream's sample format and where its samples start; None if more bytes are needed."""
     if len(data) < 12:
         if data and not b"RIFF".startswith(data[:4]):
             raise InvalidInput("WAV audio must start with a RIFF header")
@@ -234,17 +254,41 @@ def _parse_wav_header(data: bytes) -> tuple[int, int, int] | None:
             if body + 16 > len(data):
                 return None
             tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[body : body + 16])
-            if tag == 0xFFFE and body + 26 <= len(data):
+            if tag == _WAVE_FORMAT_EXTENSIBLE:
+                if body + 26 > len(data):
+                    return None
                 tag = struct.unpack("<H", data[body + 24 : body + 26])[0]
-            if tag != 1 or bits != 16:
-                raise InvalidInput(f"streamed WAV must be 16-bit PCM (format tag {tag}, {bits} bits found)")
-            fmt = (rate, channels)
+            pcm = tag == _WAVE_FORMAT_PCM and bits in _PCM_BITS
+            floating = tag == _WAVE_FORMAT_IEEE_FLOAT and bits in (32, 64)
+            if not (pcm or floating):
+                raise InvalidInput(
+                    f"streamed WAV must be 8/16/24/32-bit PCM or 32/64-bit float (format tag {tag}, "
+                    f"{bits} bits found)"
+                )
+            fmt = (rate, channels, bits, floating)
         elif chunk_id == b"data":
             if fmt is None:
                 raise InvalidInput("WAV data chunk comes before its fmt chunk")
-            return fmt[0], fmt[1], body
+            return _WavFormat(*fmt, data_offset=body)
         pos = body + size + (size & 1)
     return None
+
+
+def _to_pcm16(data: bytes, bits: int, floating: bool) -> Int16Array:
+    """Little-endian WAV samples of any supported format as int16."""
+    if floating:
+        real = np.frombuffer(data, "<f4" if bits == 32 else "<f8").astype(np.float64)
+        return (np.clip(np.nan_to_num(real), -1.0, 1.0) * 32767.0).astype(np.int16)
+    if bits == 16:
+        return np.frombuffer(data, "<i2").astype(np.int16)
+    if bits == 8:
+        return ((np.frombuffer(data, np.uint8).astype(np.int16) - 128) << 8).astype(np.int16)
+    if bits == 24:
+        raw = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.int32)
+        ints = raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
+        ints = np.where(ints >= 1 << 23, ints - (1 << 24), ints)
+        return (ints >> 8).astype(np.int16)
+    return (np.frombuffer(data, "<i4").astype(np.int32) >> 16).astype(np.int16)
 
 
 def wav_header(sample_rate_hz: int, channels: int, data_bytes: int | None) -> bytes:

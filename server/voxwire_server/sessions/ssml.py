@@ -237,6 +237,13 @@ class _Parser:
         self._expat.StartDoctypeDeclHandler = self._doctype
 
     def run(self) -> list[SsmlItem]:
+        stripped = self._source.lstrip()
+        if stripped and not stripped.startswith("<"):
+            skipped = self._source[: len(self._source) - len(stripped)]
+            at = (skipped.count("\n") + 1, len(skipped) - skipped.rfind("\n"))
+            raise _invalid(
+                at, "this is plain text, not SSML: wrap it in <speak>...</speak>, or send it as text"
+            )
         try:
             self._expat.Parse(self._source, True)
         except _SsmlError as exc:
