@@ -87,6 +87,26 @@ def test_purge_user_removes_that_users_entries_only(client: Client) -> None:
         client.purge_user("t1", "")
 
 
+def test_a_stitched_reply_is_kept_for_its_user_and_purged_with_them(client: Client) -> None:
+    # The README's quick start: warm a template up, say it for a user twice, purge the user.
+    template = "Now playing {song} by {artist}, from the warm-up."
+    entities = {"song": "Hotel California", "artist": "the Eagles"}
+    assert client.warmup(templates=[template]) == (0, 1)
+    first = list(client.synthesize_stream(template=template, entities=entities, user_id="me"))
+    assert {c.cache_status for c in first} == {STITCHED}
+    again = list(client.synthesize_stream(template=template, entities=entities, user_id="me"))
+    assert {c.cache_status for c in again} == {HIT}
+    assert b"".join(c.audio for c in again) == b"".join(c.audio for c in first)
+    # Streamed and unary replies of one request are one entry.
+    assert client.synthesize(template=template, entities=entities, user_id="me").cache_status is HIT
+    # Another user of the same template gets it stitched, not this user's reply.
+    other = client.synthesize_stream(template=template, entities=entities, user_id="someone-else")
+    assert {c.cache_status for c in other} == {STITCHED}
+    assert client.purge_user("", "me") == 1
+    assert {c.cache_status for c in client.synthesize_stream(template=template, entities=entities,
+                                                              user_id="me")} == {STITCHED}  # fmt: skip
+
+
 def test_warmup_fills_the_global_tier_for_everyone(client: Client) -> None:
     phrases = ["Sure thing.", "Sorry, I didn't catch that."]
     assert client.warmup(phrases, ["Your timer for {duration} is set."]) == (2, 1)

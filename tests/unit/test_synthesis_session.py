@@ -420,8 +420,13 @@ async def test_a_template_with_other_entities_is_stitched_onto_the_cached_prefix
     assert [c.last for c in chunks] == [False, False, True]
     assert setup.stitches == [True]
     assert setup.units == [1, 1]
-    # A stitched reply is not stored as a phrase.
-    assert (await setup.stats())["tts.phrase.personal"].entries == 1
+    # A stitched reply is stored like any other: the same request again replays it.
+    assert (await setup.stats())["tts.phrase.personal"].entries == 2
+    setup.engine.calls.clear()
+    again = await collect(setup.session, template(JUDE))
+    assert statuses(again) == [HIT, HIT, HIT]
+    assert b"".join(c.data for c in again) == b"".join(c.data for c in chunks)
+    assert setup.engine.calls == []
 
 
 async def test_a_unary_template_is_stitched(setup: Setup) -> None:
@@ -456,7 +461,9 @@ async def test_a_failed_joint_check_continues_the_stream_as_a_miss() -> None:
         ("render", "enjoy!", 1.0),
     ]
     assert chunks[-1].last
-    assert (await setup.stats())["tts.phrase.personal"].entries == 1
+    # Made whole (a stitched prefix and a synthesized rest), the reply is kept for a repeat.
+    assert (await setup.stats())["tts.phrase.personal"].entries == 2
+    assert statuses(await collect(setup.session, template(JUDE))) == [HIT, HIT, HIT]
 
 
 async def test_every_model_call_of_a_failed_stitch_is_counted() -> None:

@@ -214,8 +214,7 @@ class SynthesisSession:
         try:
             async for chunk in self._produce(plan, emitter, streaming=True):
                 yield chunk
-            if self._cache is not None and all(s is MISS for s in emitter.statuses):
-                await self._cache.put_phrase(plan.key, context, emitter.cached())
+            await self._store_reply(plan, emitter)
         finally:
             emitter.close()
 
@@ -234,8 +233,7 @@ class SynthesisSession:
             try:
                 async for _ in self._produce(plan, emitter, streaming=False):
                     pass
-                if self._cache is not None and all(s is MISS for s in emitter.statuses):
-                    await self._cache.put_phrase(plan.key, context, emitter.cached())
+                await self._store_reply(plan, emitter)
             finally:
                 emitter.close()
         data = b"".join(chunks.data)
@@ -296,6 +294,12 @@ class SynthesisSession:
                 pass
             n_templates += await self._store_prefix(plan, None, made)
         return n_phrases, n_templates
+
+    async def _store_reply(self, plan: _Plan, emitter: _Emitter) -> None:
+        """A reply made whole (synthesized, stitched onto a cached prefix, or both) is kept under the
+        request's cache policy like any other: a repeat is a HIT, and PurgeUser removes it."""
+        if self._cache is not None and self._uses_cache(plan.request.context):
+            await self._cache.put_phrase(plan.key, plan.request.context, emitter.cached())
 
     # -- producing audio ----------------------------------------------------------------------
 
