@@ -17,7 +17,7 @@ from voxwire_server.metrics import Telemetry
 from voxwire_server.sessions.recognition import RecognitionLimits
 from voxwire_server.sessions.runtime import Runtime
 from voxwire_server.sessions.synthesis import SynthesisLimits
-from voxwire_server.storage import open_store
+from voxwire_server.storage import StoreUnavailable, open_store
 from voxwire_server.transport.server import GrpcServer, build_server
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def build_cache(config: ServerConfig, telemetry: Telemetry) -> SynthesisCache | 
         store,
         personal_ttl_s=config.tts_cache_ttl_s,
         on_lookup=lambda tier, outcome: telemetry.cache_requests.labels(tier, outcome).inc(),
+        key_secret=config.cache_key_secret.encode() or None,
     )
 
 
@@ -121,9 +122,23 @@ class App:
         except BaseException:
             await self._grpc.server.stop(0)
             raise
+        await self._load_cache_key_secret()
         self.runtime.set_engines(*self._engines)
         await self._grpc.set_serving(True)
         log.info("serving (%s, %s)", self._engines[0].model_name, self._engines[1].model_name)
+
+    async def _load_cache_key_secret(self) -> None:
+        """Reads (or makes) the cache key secret before the first request needs it; a store that is
+        down now is asked again by the first request."""
+        cache = self.runtime.synthesis_cache
+        if cache is None:
+            return
+        if not self.config.cache_key_secret and cache.store.name != "memory":
+            log.info("cache keys use a secret kept in the cache store; give replicas --cache-key-secret")
+        try:
+            await cache.key_secret()
+        except StoreUnavailable as exc:
+            log.warning("cache store unavailable at start-up: %s", exc)
 
     def _start_metrics(self) -> None:
         from prometheus_client import start_http_server

@@ -34,8 +34,9 @@ def _per_core(threads_each: int, cap: int) -> int:
     return max(1, min(cap, len(os.sched_getaffinity(0)) // threads_each))
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _opt(default: Any, help: str, *, secret: bool = False) -> Any:
+    # A secret stays out of repr(config), so it cannot reach a log by way of the config.
+    return field(default=default, metadata={"help": help}, repr=not secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,12 @@ class ServerConfig:
     )
     cache_memory_mb: int = _opt(256, "size of the in-process cache (LFU eviction beyond it)")
     cache_timeout_ms: float = _opt(50.0, "per-call timeout of a Redis cache; a slower call counts as a miss")
+    cache_key_secret: str = _opt(
+        "",
+        "secret (16+ characters) under which cache keys are HMACed; '' = generated once and kept in the "
+        "cache store (give replicas that share a store the same one)",
+        secret=True,
+    )
     tts_cache_ttl_s: float = _opt(900.0, "lifetime of personal (per-user) synthesis cache entries")
     tts_stitch_context_words: int = _opt(
         3, "words of a cached template prefix synthesized again before the entities (prosody context)"
@@ -195,6 +202,8 @@ class ServerConfig:
                 f"a Recognize request of {self.max_request_bytes >> 20} MiB (from max_message_mb or "
                 f"max_clip_s) is over gRPC's 2 GiB message limit; lower them"
             )
+        if self.cache_key_secret and len(self.cache_key_secret.encode()) < 16:
+            raise ConfigError("cache_key_secret must be at least 16 characters (or empty: generated)")
         if self.asr_workers < 0:
             raise ConfigError("asr_workers must not be negative")
         if self.tts_workers < 0:

@@ -68,6 +68,19 @@ async def test_get_set_overwrite_delete(store: Store) -> None:
     assert await store.delete("a") is False
 
 
+async def test_add_stores_only_when_absent(store: Store) -> None:
+    assert await store.add("secret", b"first")
+    assert not await store.add("secret", b"second")
+    assert await store.get("secret") == b"first"
+    results = await asyncio.gather(*(store.add("raced", str(i).encode()) for i in range(10)))
+    assert sum(results) == 1
+    assert await store.get("raced") == str(results.index(True)).encode()
+    await store.set("expiring", b"x", ttl_s=0.05)
+    await wait_until_expired(store, "expiring")
+    assert await store.add("expiring", b"y")  # an expired value is absent
+    assert await store.get("expiring") == b"y"
+
+
 async def test_values_are_bytes_exactly(store: Store) -> None:
     values = {"empty": b"", "binary": bytes(range(256)) * 3, "large": b"\x00\xff" * (512 * 1024)}
     for key, value in values.items():

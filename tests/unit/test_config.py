@@ -66,3 +66,11 @@ def test_the_request_limit_holds_a_clip_of_max_clip_s() -> None:
     # gRPC's own limit is above it, so the server answers an oversized request itself.
     config = ServerConfig(max_clip_s=10)
     assert config.grpc_message_limit_bytes > config.max_request_bytes
+
+
+def test_the_cache_key_secret_is_checked_and_kept_out_of_repr() -> None:
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        load_config(["--cache-key-secret", "short"], environ={})
+    config = load_config([], environ={"VOXWIRE_CACHE_KEY_SECRET": "a long enough secret value"})
+    assert config.cache_key_secret == "a long enough secret value"
+    assert "a long enough secret value" not in repr(config)

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from voxwire_server.caches.synthesis import (
+    SECRET_KEY,
+    SECRET_REFRESH_S,
     CachedAudio,
     SynthesisCache,
     TierStats,
     normalized,
-    owner_of,
     phrase_key,
     prefix_key,
 )
@@ -19,6 +20,7 @@ from voxwire_server.domain import CachePolicy, Encoding, RequestContext
 from voxwire_server.storage import MemoryStore, StoreStats, StoreUnavailable, pack
 
 TTL_S = 60.0
+SECRET = b"a test secret of 32 bytes, fixed"
 ALICE = RequestContext(tenant_id="acme", user_id="alice")
 BOB = RequestContext(tenant_id="acme", user_id="bob")
 ALICE_ELSEWHERE = RequestContext(tenant_id="globex", user_id="alice")
@@ -70,6 +72,9 @@ class DownStore:
     async def delete(self, key: str) -> bool:
         raise StoreUnavailable("connection refused")
 
+    async def add(self, key: str, value: bytes) -> bool:
+        raise StoreUnavailable("connection refused")
+
     async def purge_owner(self, owner: str) -> int:
         raise StoreUnavailable("connection refused")
 
@@ -94,7 +99,10 @@ def setup() -> Setup:
     store = RecordingStore(clock)
     lookups: list[tuple[str, str]] = []
     cache = SynthesisCache(
-        store, personal_ttl_s=TTL_S, on_lookup=lambda tier, outcome: lookups.append((tier, outcome))
+        store,
+        personal_ttl_s=TTL_S,
+        on_lookup=lambda tier, outcome: lookups.append((tier, outcome)),
+        key_secret=SECRET,
     )
     return Setup(cache, store, clock, lookups)
 
@@ -141,11 +149,67 @@ def test_prefix_key_covers_template_voice_rate_and_model() -> None:
     assert len({PREFIX_KEY, *variants}) == len(variants) + 1
 
 
-def test_owner_and_normalized() -> None:
-    assert owner_of("acme", "alice") == owner_of("acme", "alice")
-    assert len({owner_of("acme", "alice"), owner_of("acme", "bob"), owner_of("globex", "alice")}) == 3
-    assert owner_of("ab", "c") != owner_of("a", "bc")
+async def test_owner_and_normalized(setup: Setup) -> None:
+    owner = setup.cache.owner
+    assert await owner("acme", "alice") == await owner("acme", "alice")
+    owners = {await owner("acme", "alice"), await owner("acme", "bob"), await owner("globex", "alice")}
+    assert len(owners) == 3
+    assert await owner("ab", "c") != await owner("a", "bc")
     assert normalized("  Okay,\t lights\n on. ") == "Okay, lights on."
+
+
+async def test_store_keys_are_hmacs_under_the_secret(setup: Setup) -> None:
+    import hashlib
+    import hmac
+    import json
+
+    await setup.cache.put_phrase(KEY, ALICE, AUDIO)
+    await setup.cache.put_phrase(KEY, None, AUDIO)
+    personal, shared = setup.store.keys
+    # Without the secret nobody can make the key of a guessed (tenant, user, phrase): the plain
+    # SHA-256 a reader could compute is not there...
+    plain = hashlib.sha256(json.dumps(["acme", "alice", KEY]).encode()).hexdigest()
+    assert plain not in personal and KEY not in shared
+    # ...while with it the key follows.
+    keyed = hmac.new(SECRET, json.dumps(["personal", "acme", "alice", KEY]).encode(), hashlib.sha256)
+    assert personal == f"tts.phrase:u:{keyed.hexdigest()}"
+    other = SynthesisCache(setup.store, personal_ttl_s=TTL_S, key_secret=b"another secret, not the same")
+    assert await other.get_phrase(KEY, ALICE) is None
+    assert await other.get_phrase(KEY, BOB) is None  # not even the global entry
+    assert await other.purge_user("acme", "alice") == 0
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        SynthesisCache(setup.store, personal_ttl_s=TTL_S, key_secret=b"short")
+
+
+async def test_without_a_given_secret_one_is_generated_and_kept_in_the_store() -> None:
+    clock = FakeClock()
+    store = RecordingStore(clock)
+    first = SynthesisCache(store, personal_ttl_s=TTL_S, clock=clock)
+    await first.put_phrase(KEY, ALICE, AUDIO)
+    secret = await store.get(SECRET_KEY)
+    assert secret is not None and len(secret) == 32
+    assert await first.key_secret() == secret
+    # Another process sharing the store finds it, and with it the first one's entries.
+    second = SynthesisCache(store, personal_ttl_s=TTL_S, clock=clock)
+    assert await second.get_phrase(KEY, ALICE) == AUDIO
+    assert await second.purge_user("acme", "alice") == 1
+    # A cache on another store makes its own.
+    elsewhere = SynthesisCache(MemoryStore(1 << 16), personal_ttl_s=TTL_S)
+    assert await elsewhere.key_secret() != secret
+
+
+async def test_an_evicted_secret_is_put_back_by_the_process_that_holds_it() -> None:
+    clock = FakeClock()
+    store = RecordingStore(clock)
+    cache = SynthesisCache(store, personal_ttl_s=TTL_S, clock=clock)
+    await cache.put_phrase(KEY, None, AUDIO)  # global: no TTL to outlive
+    secret = await cache.key_secret()
+    await store.delete(SECRET_KEY)  # as LFU eviction would
+    clock.now_s += SECRET_REFRESH_S + 1
+    assert await cache.get_phrase(KEY, ALICE) == AUDIO
+    assert await store.get(SECRET_KEY) == secret
+    # A newcomer after the refresh agrees with it.
+    assert await SynthesisCache(store, personal_ttl_s=TTL_S, clock=clock).get_phrase(KEY, ALICE) == AUDIO
 
 
 # -- tiers -----------------------------------------------------------------------------------------
@@ -196,7 +260,7 @@ async def test_personal_entries_are_invisible_to_other_users_and_tenants(setup: 
     assert await setup.cache.get_phrase(KEY, BOB) is None
     assert await setup.cache.get_phrase(KEY, ALICE_ELSEWHERE) is None
     assert await setup.cache.get_phrase(KEY, ALICE) == AUDIO
-    # Salted keys: nothing in the store is named after the phrase key.
+    # Keyed hashes: nothing in the store is named after the phrase key.
     assert all(KEY not in key for key in setup.store.keys)
 
 
@@ -356,7 +420,7 @@ async def test_stats_rows_count_entries_bytes_hits_and_misses(setup: Setup) -> N
 
 
 async def test_a_cache_without_a_lookup_callback_still_counts() -> None:
-    cache = SynthesisCache(MemoryStore(1 << 16), personal_ttl_s=TTL_S)
+    cache = SynthesisCache(MemoryStore(1 << 16), personal_ttl_s=TTL_S, key_secret=SECRET)
     await cache.put_phrase(KEY, ALICE, AUDIO)
     assert await cache.get_phrase(KEY, ALICE) == AUDIO
     assert rows(await cache.stats())["tts.phrase.personal"] == (1, 1, 0)

@@ -1,8 +1,12 @@
 """The synthesis caches: whole replies (phrases) and template prefixes, each in two tiers.
 
 - global: filled by Warmup, shared by every tenant, no TTL (LFU eviction only);
-- personal: filled by requests, scoped to one tenant's user (salted keys, owner tag for PurgeUser),
-  with a short TTL.
+- personal: filled by requests, scoped to one tenant's user (owner tag for PurgeUser), with a
+  short TTL.
+
+Every key in the store is an HMAC-SHA-256 under a server secret (given, or generated once and kept
+in the store for every process that shares it), so a reader of the store can neither tell whose an
+entry is nor test a guess of what it holds.
 
 A reply's key covers everything that changes its bytes: the normalised text or SSML, voice,
 speaking rate, encoding, sample rate and the voice model's version. A prefix's key covers the
@@ -12,10 +16,14 @@ request). Lookups try personal, then global. A store that is down is a miss, nev
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
+import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +40,12 @@ GLOBAL = "global"
 PERSONAL = "personal"
 # Bump when the layout of a stored value changes: old entries are then simply never found.
 _FORMAT = 1
+# The generated key secret, kept in the store beside the entries (outside their key spaces).
+SECRET_KEY = "meta:cache-key-secret"
+SECRET_BYTES = 32
+# How often a process reads the stored secret again: it keeps the entry in use (LFU eviction
+# spares it) and puts it back if it was evicted.
+SECRET_REFRESH_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +93,8 @@ def prefix_key(template: str, *, voice: str, speaking_rate: float, model: str) -
     return _digest(_FORMAT, "template", normalized(template), voice, round(speaking_rate, 3), model)
 
 
-def owner_of(tenant_id: str, user_id: str) -> str:
-    return _digest("owner", tenant_id, user_id)
+def _keyed(secret: bytes, *parts: object) -> str:
+    return hmac.new(secret, json.dumps(parts, ensure_ascii=False).encode(), hashlib.sha256).hexdigest()
 
 
 class SynthesisCache:
@@ -90,22 +104,63 @@ class SynthesisCache:
         *,
         personal_ttl_s: float,
         on_lookup: Callable[[str, str], None] | None = None,
+        key_secret: bytes | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """key_secret: the HMAC key of every store key; None generates one, kept in the store."""
+        if key_secret is not None and len(key_secret) < 16:
+            raise ValueError("the cache key secret must be at least 16 bytes")
         self._store = store
         self._personal_ttl_s = personal_ttl_s
         self._on_lookup = on_lookup
         self._hits: dict[str, int] = {}
         self._misses: dict[str, int] = {}
+        self._given_secret = key_secret
+        self._secret: bytes | None = None
+        self._secret_read_at = 0.0
+        self._secret_lock = asyncio.Lock()
+        self._clock = clock
 
     @property
     def store(self) -> Store:
         return self._store
 
-    def _store_key(self, kind: str, tier: str, key: str, context: RequestContext | None) -> str:
+    async def key_secret(self) -> bytes:
+        """The secret under which keys are made. Raises StoreUnavailable when it must be read from
+        a store that cannot be reached."""
+        if self._given_secret is not None:
+            return self._given_secret
+        if self._secret is not None and self._clock() < self._secret_read_at + SECRET_REFRESH_S:
+            return self._secret
+        async with self._secret_lock:
+            if self._secret is not None and self._clock() < self._secret_read_at + SECRET_REFRESH_S:
+                return self._secret
+            stored = await self._store.get(SECRET_KEY)
+            if stored is None:
+                # First use of the store, or the secret was evicted: this process's secret (or a new
+                # one) goes in, unless another process got there first.
+                await self._store.add(SECRET_KEY, self._secret or secrets.token_bytes(SECRET_BYTES))
+                stored = await self._store.get(SECRET_KEY)
+            if stored is None or len(stored) < 16:
+                stored = self._secret or secrets.token_bytes(SECRET_BYTES)  # a store too small to keep it
+            if self._secret is not None and stored != self._secret:
+                log.warning(
+                    "the cache key secret in the store changed (evicted and made again elsewhere?): "
+                    "entries made before are no longer found; give every replica the same "
+                    "--cache-key-secret"
+                )
+            self._secret, self._secret_read_at = stored, self._clock()
+            return stored
+
+    async def _store_key(self, kind: str, tier: str, key: str, context: RequestContext | None) -> str:
+        secret = await self.key_secret()
         if tier == GLOBAL or context is None:
-            return f"{kind}:g:{key}"
-        # Salted per tenant and user: one tenant's keys say nothing about another's.
-        return f"{kind}:u:{_digest(context.tenant_id, context.user_id, key)}"
+            return f"{kind}:g:{_keyed(secret, 'global', key)}"
+        return f"{kind}:u:{_keyed(secret, 'personal', context.tenant_id, context.user_id, key)}"
+
+    async def owner(self, tenant_id: str, user_id: str) -> str:
+        """The owner tag of one user's entries (what PurgeUser removes)."""
+        return _keyed(await self.key_secret(), "owner", tenant_id, user_id)
 
     def _count(self, kind: str, tier: str, hit: bool) -> None:
         name = f"{kind}.{tier}"
@@ -120,8 +175,8 @@ class SynthesisCache:
         # The user's own entries first: a prefix made again from a real reply (after a warmed-up
         # one failed the joint check) must win over the warmed-up one.
         for tier in (PERSONAL, GLOBAL):
-            store_key = self._store_key(kind, tier, key, context)
             try:
+                store_key = await self._store_key(kind, tier, key, context)
                 data = await self._store.get(store_key)
                 value = unpack(data) if data is not None else None
             except StoreUnavailable as exc:
@@ -144,10 +199,10 @@ class SynthesisCache:
         tier = GLOBAL if context is None else PERSONAL
         try:
             await self._store.set(
-                self._store_key(kind, tier, key, context),
+                await self._store_key(kind, tier, key, context),
                 pack(value),
                 ttl_s=None if context is None else self._personal_ttl_s,
-                owner="" if context is None else owner_of(context.tenant_id, context.user_id),
+                owner="" if context is None else await self.owner(context.tenant_id, context.user_id),
             )
         except StoreUnavailable as exc:
             log.warning("synthesis cache unavailable, not storing: %s", exc)
@@ -180,7 +235,7 @@ class SynthesisCache:
         return await self._put(PREFIX, key, context, value)
 
     async def purge_user(self, tenant_id: str, user_id: str) -> int:
-        return await self._store.purge_owner(owner_of(tenant_id, user_id))
+        return await self._store.purge_owner(await self.owner(tenant_id, user_id))
 
     async def stats(self) -> list[TierStats]:
         rows = []

@@ -38,6 +38,11 @@ class Store(Protocol):
         """Store or replace a value; ttl_s=None never expires; owner="" tags no owner."""
         ...
 
+    async def add(self, key: str, value: bytes) -> bool:
+        """Store a value that never expires and has no owner, only when the key holds no live value;
+        returns whether it was stored (one writer wins among processes sharing the store)."""
+        ...
+
     async def delete(self, key: str) -> bool:
         """True when a live entry was deleted."""
         ...

@@ -129,6 +129,12 @@ class MemoryStore:
         while self._used_bytes > self._max_bytes:  # only after a larger overwrite
             self._evict_one(keep=entry)
 
+    async def add(self, key: str, value: bytes) -> bool:
+        if await self.get(key) is not None:
+            return False
+        await self.set(key, value)
+        return key in self._entries
+
     async def delete(self, key: str) -> bool:
         self._check_open()
         entry = self._entries.get(key)

@@ -143,6 +143,12 @@ class RedisStore:
         with self._errors():
             await self._set_script(keys=keys, args=[value, ttl_ms, owner, self._owners_prefix])
 
+    async def add(self, key: str, value: bytes) -> bool:
+        await self._first_use()
+        with self._errors():
+            added = await self._client.hsetnx(self._values_prefix + key, "v", value)
+        return bool(added)
+
     async def delete(self, key: str) -> bool:
         await self._first_use()
         with self._errors():
