@@ -15,6 +15,12 @@ def new_request_id() -> str:
     return rid
 
 
+def use_request_id(rid: str) -> None:
+    """From here on (in this task and the tasks it starts), log lines and errors carry this id: the
+    client's own, when its request named one (checked by the transport)."""
+    request_id.set(rid)
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()

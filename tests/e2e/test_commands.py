@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import speech_clips, wer
+from voxwire import Client, InvalidArgumentError
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
@@ -93,13 +94,19 @@ def test_errors_are_reported_with_their_code(
     assert "Traceback" not in out.stderr
 
 
-def test_logs_carry_no_transcripts_and_sigterm_stops_cleanly(
+def test_logs_carry_the_clients_request_id_and_no_transcripts_and_sigterm_stops_cleanly(
     server_process: tuple[subprocess.Popen[str], str],
 ) -> None:
-    proc, _ = server_process
+    proc, target = server_process
+    with Client(target, timeout_s=60) as client:
+        client.synthesize("Turn on the kitchen lights", request_id="client-rid-0042")
+        with pytest.raises(InvalidArgumentError, match="request_id must be"):
+            client.synthesize("Hello", request_id="two words")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "stopped" in stderr
+    # The log line about the synthesis carries the id the client gave.
+    assert any("[client-rid-0042]" in line and "synthesized" in line for line in stderr.splitlines())
     assert "kitchen lights" not in stderr.lower()
     assert "ask not what your country" not in stderr.lower()

@@ -53,3 +53,37 @@ def test_backend_errors_reach_the_client_without_the_backends_address() -> None:
     assert code is grpc.StatusCode.UNAVAILABLE
     assert "10.1.2.3" not in message and "6390" not in message
     assert "abc123" in message and "cache store" in message
+
+
+class _AbortingContext:
+    def __init__(self) -> None:
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    async def abort(self, code: grpc.StatusCode, message: str, *trailers: object) -> None:
+        self.aborted = (code, message)
+        raise grpc.aio.AbortError()
+
+
+async def test_errors_name_the_clients_request_id_once_adopted() -> None:
+    from voxwire_server.logcontext import new_request_id, use_request_id
+    from voxwire_server.transport.status import mapped_errors
+
+    new_request_id()
+    context = _AbortingContext()
+    with pytest.raises(grpc.aio.AbortError):
+        async with mapped_errors(context):  # type: ignore[arg-type]
+            use_request_id("client-req-7")
+            raise RuntimeError("boom")
+    assert context.aborted == (grpc.StatusCode.INTERNAL, "internal error (request id client-req-7)")
+
+
+@pytest.mark.parametrize("rid", ["has space", "x" * 65, "line\nbreak", "café", "[brackets]"])
+def test_request_ids_that_could_garble_a_log_line_are_refused(rid: str) -> None:
+    from voxwire.v1 import common_pb2
+    from voxwire_server.transport import convert
+
+    with pytest.raises(errors.InvalidInput, match="request_id must be"):
+        convert.context(common_pb2.RequestContext(request_id=rid), "server-id")
+    ok = convert.context(common_pb2.RequestContext(request_id="svc.A:1-b_2"), "server-id")
+    assert ok.request_id == "svc.A:1-b_2"
+    assert convert.context(common_pb2.RequestContext(), "server-id").request_id == "server-id"

@@ -27,7 +27,8 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
     async def GetStats(
         self, request: cache_admin_pb2.GetStatsRequest, context: Context
     ) -> cache_admin_pb2.GetStatsResponse:
-        async with mapped_errors(context, new_request_id()):
+        new_request_id()
+        async with mapped_errors(context):
             if request.tenant_id:
                 # Until tenants come from credentials, one tenant's view would be anybody's to read.
                 raise NotImplementedCapability(
@@ -57,7 +58,8 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
     async def PurgeUser(
         self, request: cache_admin_pb2.PurgeUserRequest, context: Context
     ) -> cache_admin_pb2.PurgeUserResponse:
-        async with mapped_errors(context, new_request_id()):
+        new_request_id()
+        async with mapped_errors(context):
             if not request.user_id:
                 raise InvalidInput("user_id is empty: PurgeUser removes one user's entries")
             cache = self._rt.synthesis_cache
@@ -69,7 +71,7 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
         self, request: cache_admin_pb2.WarmupRequest, context: Context
     ) -> cache_admin_pb2.WarmupResponse:
         rid = new_request_id()
-        async with mapped_errors(context, rid):
+        async with mapped_errors(context):
             base = convert.warmup_request(request, rid)
             phrases, templates = await self._rt.synthesis().warmup(
                 base, list(request.phrases), list(request.templates)
@@ -79,5 +81,6 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
     async def SubmitCorrection(
         self, request: cache_admin_pb2.SubmitCorrectionRequest, context: Context
     ) -> cache_admin_pb2.SubmitCorrectionResponse:
-        async with mapped_errors(context, new_request_id()):
+        new_request_id()
+        async with mapped_errors(context):
             raise NotImplementedCapability("SubmitCorrection (the correction cache)")

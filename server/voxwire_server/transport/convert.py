@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from voxwire.v1 import cache_admin_pb2, common_pb2, recognizer_pb2, synthesizer_pb2
 from voxwire_server.domain import (
     AudioFormat,
@@ -45,11 +47,19 @@ _EVENTS_PB = {
 }
 MAX_HOTWORDS = 100
 MAX_PROMPT_CHARS = 1000
+MAX_REQUEST_ID_CHARS = 64
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}")
 
 
 def context(pb: common_pb2.RequestContext, request_id: str) -> RequestContext:
+    """The request's context; its request_id is the client's when given (it goes into every log
+    line, so it is held to a short, plain form), else the server's."""
     if pb.cache_policy not in _POLICIES:
         raise InvalidInput(f"unknown cache_policy {pb.cache_policy}")
+    if pb.request_id and not _REQUEST_ID.fullmatch(pb.request_id):
+        raise InvalidInput(
+            f"request_id must be 1 to {MAX_REQUEST_ID_CHARS} letters, digits or . _ : - (or empty)"
+        )
     return RequestContext(
         tenant_id=pb.tenant_id,
         user_id=pb.user_id,

@@ -13,7 +13,7 @@ import grpc
 from voxwire.v1 import recognizer_pb2, recognizer_pb2_grpc
 from voxwire_server.domain import AudioChunk, EndOfAudio, Result, StreamInput, StreamStart, StreamUpdate
 from voxwire_server.errors import InvalidInput
-from voxwire_server.logcontext import new_request_id
+from voxwire_server.logcontext import new_request_id, use_request_id
 from voxwire_server.sessions.recognition import RecognitionStream, recognize_clip
 from voxwire_server.sessions.runtime import Runtime
 from voxwire_server.transport import convert
@@ -34,12 +34,13 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         rid = new_request_id()
         started = time.perf_counter()
         self._rt.telemetry.recognize_requests += 1
-        async with mapped_errors(context, rid):
+        async with mapped_errors(context):
             if not request.HasField("config"):
                 raise InvalidInput("config is required")
             options = convert.recognition_options(
                 request.config, self._rt.endpointing, self._rt.default_tier, rid
             )
+            use_request_id(options.context.request_id)
             results, duration_ms = await recognize_clip(
                 self._rt.recognizer, self._rt.vad_factory, request.audio, options, self._rt.recognition_limits
             )
@@ -56,7 +57,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         self, request_iterator: AsyncIterator[recognizer_pb2.StreamingRecognizeRequest], context: Context
     ) -> None:
         rid = new_request_id()
-        async with mapped_errors(context, rid):
+        async with mapped_errors(context):
             first = await anext(aiter(request_iterator), None)
             if first is None:
                 raise InvalidInput("the stream carried no messages; the first one must be config")
@@ -73,6 +74,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                 stream_id=cfg.stream_id or uuid.uuid4().hex,
                 resume_token=cfg.resume_token,
             )
+            use_request_id(start.options.context.request_id)
             recognizer = self._rt.recognizer
             self._rt.admit_stream()
             try:

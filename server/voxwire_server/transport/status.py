@@ -12,7 +12,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from voxwire_server import errors
+from voxwire_server import errors, logcontext
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,14 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException,
 
 
 @asynccontextmanager
-async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any], request_id: str) -> AsyncIterator[None]:
-    """Turns domain exceptions (also inside task groups) into the status table's codes."""
+async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+    """Turns domain exceptions (also inside task groups) into the status table's codes, naming the
+    request id in effect when the error happened (the client's own, once it was adopted)."""
     try:
         yield
     except (errors.VoxwireError, ExceptionGroup) as exc:
-        await abort(context, exc, request_id)
+        await abort(context, exc, logcontext.request_id.get())
     except (grpc.aio.AbortError, grpc.aio.UsageError):
         raise
     except Exception as exc:
-        await abort(context, exc, request_id)
+        await abort(context, exc, logcontext.request_id.get())

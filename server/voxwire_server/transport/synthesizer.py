@@ -11,7 +11,7 @@ import grpc
 
 from voxwire.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 from voxwire_server.config import OUTPUT_SAMPLE_RATES_HZ
-from voxwire_server.logcontext import new_request_id
+from voxwire_server.logcontext import new_request_id, use_request_id
 from voxwire_server.sessions.runtime import Runtime
 from voxwire_server.transport import convert
 from voxwire_server.transport.status import mapped_errors
@@ -30,8 +30,9 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     ) -> synthesizer_pb2.SynthesizeResponse:
         rid = new_request_id()
         self._rt.telemetry.synthesize_requests += 1
-        async with mapped_errors(context, rid):
+        async with mapped_errors(context):
             req = convert.synthesis_request(request, rid)
+            use_request_id(req.context.request_id)
             audio, voice = await self._rt.synthesis().synthesize(req)
             log.info(
                 "synthesized %d ms with voice %s (cache: %s)",
@@ -56,8 +57,9 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         self._rt.telemetry.synthesize_requests += 1
         self._rt.telemetry.tts_streams.inc()
         try:
-            async with mapped_errors(context, rid):
+            async with mapped_errors(context):
                 req = convert.synthesis_request(request, rid)
+                use_request_id(req.context.request_id)
                 sequence = 0
                 async for audio in self._rt.synthesis().stream(req):
                     if sequence == 0:
@@ -70,8 +72,8 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     async def ListVoices(
         self, request: synthesizer_pb2.ListVoicesRequest, context: Context
     ) -> synthesizer_pb2.ListVoicesResponse:
-        rid = new_request_id()
-        async with mapped_errors(context, rid):
+        new_request_id()
+        async with mapped_errors(context):
             prefix = request.language.lower()
             voices = [v for v in self._rt.synthesizer.voices() if v.language.lower().startswith(prefix)]
             return synthesizer_pb2.ListVoicesResponse(
