@@ -24,7 +24,7 @@ class Telemetry:
         self.streams = Gauge("voxwire_active_streams", "recognition streams in progress", registry=r)
         self.final_latency = Histogram(
             "voxwire_asr_final_latency_seconds",
-            "time from the end of an utterance to its final result",
+            "time from the arrival of the audio that ended an utterance to its final result",
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )

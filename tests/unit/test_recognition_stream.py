@@ -251,3 +251,35 @@ async def test_escalation_waits_for_spare_capacity() -> None:
     finals = [u.payload for u in updates if isinstance(u.payload, Result)]
     assert [f.tier for f in finals] == [Tier.FAST, Tier.FAST]
     assert [r.options.tier for r in recognizer.requests] == [Tier.FAST, Tier.FAST]
+
+
+async def test_a_finals_latency_counts_from_the_arrival_of_the_chunk_that_ended_it() -> None:
+    # The first final is held while the rest of the stream arrives and waits in the queue: the
+    # second final's latency must include that wait, not start when the worker reached its chunk.
+    recognizer = ScriptedRecognizer()
+    recognizer.gate = asyncio.Event()
+    all_sent = asyncio.Event()
+    held_s = 0.3
+
+    async def inputs() -> AsyncIterator[StreamInput]:
+        async for item in feed(TWO_UTTERANCES, end=False):
+            yield item
+        all_sent.set()  # before end_of_audio: the reader stops pulling after it
+        yield EndOfAudio()
+
+    updates: list[StreamUpdate] = []
+
+    async def emit(update: StreamUpdate) -> None:
+        updates.append(update)
+
+    stream = RecognitionStream(
+        StreamStart(options()), recognizer, lambda a: EnergyVad(), RecognitionLimits(), emit
+    )
+    task = asyncio.create_task(stream.run(inputs()))
+    await all_sent.wait()
+    await asyncio.sleep(held_s)  # the decoder is busy this long
+    recognizer.gate.set()
+    await task
+    finals = [u.payload for u in updates if isinstance(u.payload, Result)]
+    assert len(finals) == 2
+    assert all(f.processing_latency_ms >= held_s * 1000 for f in finals), finals

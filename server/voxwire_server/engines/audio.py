@@ -170,6 +170,11 @@ class StreamDecoder:
         self._frame_bytes = bits // 8 * channels
         self._resampler = Resampler(sample_rate_hz, channels, ASR_SAMPLE_RATE_HZ)
 
+    @property
+    def compressed(self) -> bool:
+        """FLAC or Ogg/Opus: decoding a chunk is codec work (PCM and WAV only convert samples)."""
+        return self._container is not None
+
     def chunk_duration_ms(self, nbytes: int) -> float:
         """Duration of a PCM chunk; 0 when unknown: while a WAV header is awaited, and always for FLAC and
         OGG_OPUS, whose chunks feed() bounds in bytes (MAX_COMPRESSED_CHUNK_BYTES) instead."""

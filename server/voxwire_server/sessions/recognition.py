@@ -211,7 +211,11 @@ class RecognitionStream:
         self._endpointer = Endpointer(
             vad_factory(options.endpointing.vad_aggressiveness), options.endpointing
         )
-        self._queue: asyncio.Queue[npt.NDArray[np.int16] | object] = asyncio.Queue(limits.queue_chunks)
+        # Decoded samples (or _END) with the time their message arrived: a final's latency counts
+        # from the arrival of the chunk that ended its utterance, queueing included.
+        self._queue: asyncio.Queue[tuple[npt.NDArray[np.int16] | object, float]] = asyncio.Queue(
+            limits.queue_chunks
+        )
         self._committed_ms = 0
         self._partial: asyncio.Task[None] | None = None
         self._last_partial_at = 0
@@ -225,9 +229,10 @@ class RecognitionStream:
 
     async def _read(self, inputs: AsyncIterator[StreamInput]) -> None:
         async for item in inputs:
+            arrived = time.perf_counter()
             if isinstance(item, EndOfAudio):
-                await self._queue.put(self._decoder.finish())
-                await self._queue.put(_END)
+                await self._queue.put((await self._decode_input(None), arrived))
+                await self._queue.put((_END, arrived))
                 return
             assert isinstance(item, AudioChunk)
             if not item.data:
@@ -238,15 +243,24 @@ class RecognitionStream:
                     f"audio chunk of {chunk_ms:.0f} ms is over the {self._limits.max_chunk_ms} ms limit; "
                     "send smaller chunks"
                 )
-            await self._queue.put(self._decoder.feed(item.data))
+            await self._queue.put((await self._decode_input(item.data), arrived))
         raise StreamAbandoned(
             "the request stream closed without end_of_audio; the unfinished utterance was discarded"
         )
 
+    async def _decode_input(self, data: bytes | None) -> npt.NDArray[np.int16]:
+        """The chunk's samples (None: what the decoder still holds at the end). Compressed audio is
+        decoded on a thread: one at a time per stream, since only this reader calls it, so in order."""
+        if not self._decoder.compressed:
+            return self._decoder.finish() if data is None else self._decoder.feed(data)
+        if data is None:
+            return await asyncio.to_thread(self._decoder.finish)
+        return await asyncio.to_thread(self._decoder.feed, data)
+
     async def _work(self, tg: asyncio.TaskGroup, reader: asyncio.Task[None]) -> None:
         try:
             while True:
-                item = await self._queue.get()
+                item, arrived = await self._queue.get()
                 if item is _END:
                     events = self._endpointer.flush()
                 else:
@@ -257,7 +271,7 @@ class RecognitionStream:
                         await self._send_event(
                             SpeechEventType.SPEECH_STARTED, event.speech_start, event.utterance_index
                         )
-                    elif await self._finish_utterance(event):
+                    elif await self._finish_utterance(event, arrived):
                         return
                 if item is _END:
                     return
@@ -266,9 +280,9 @@ class RecognitionStream:
             await self._stop_partial()
             reader.cancel()
 
-    async def _finish_utterance(self, event: UtteranceEnded) -> bool:
-        """Decodes and sends the final; True when the stream is over (single-utterance mode)."""
-        detected = time.perf_counter()
+    async def _finish_utterance(self, event: UtteranceEnded, arrived: float) -> bool:
+        """Decodes and sends the final; True when the stream is over (single-utterance mode).
+        ``arrived``: when the message that ended the utterance reached the server."""
         await self._stop_partial()
         single = self._options.single_utterance
         kind = SpeechEventType.END_OF_SINGLE_UTTERANCE if single else SpeechEventType.END_OF_UTTERANCE
@@ -286,7 +300,7 @@ class RecognitionStream:
                 end_samples=event.audio_start + event.audio.size,
                 index=event.utterance_index,
                 tier=tier,
-                latency_ms=(time.perf_counter() - detected) * 1000,
+                latency_ms=(time.perf_counter() - arrived) * 1000,
             )
             await self._emit(StreamUpdate(result, self._committed_ms))
         return single
