@@ -3,9 +3,9 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,8 @@ from voxwire_server.engines.splicing import (
 from voxwire_server.errors import InvalidInput, NotFound
 from voxwire_server.sessions.synthesis import SynthesisHooks, SynthesisLimits, SynthesisSession
 from voxwire_server.storage import MemoryStore
+
+T = TypeVar("T")
 
 MISS, HIT, STITCHED, NONE = (
     SynthesisCacheStatus.MISS,
@@ -84,6 +86,7 @@ class FakeEngine:
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
         self.cancelled: list[str] = []
+        self.offloaded = 0
 
     def voices(self) -> list[VoiceInfo]:
         return [VoiceInfo("fake", "en", "US", "female", RATE_HZ, True)]
@@ -118,6 +121,17 @@ class FakeEngine:
                 self.cancelled.append(unit)
                 raise
         return unit_audio(unit, speaking_rate)
+
+    async def render_then(
+        self, voice: str, unit: str, speaking_rate: float, then: Callable[[Float32Array], T]
+    ) -> T:
+        audio = await self.render(voice, unit, speaking_rate)
+        return await self.run(lambda: then(audio))
+
+    async def run(self, work: Callable[[], T]) -> T:
+        # On a thread, as the real engine does: the session must not rely on running it in place.
+        self.offloaded += 1
+        return await asyncio.to_thread(work)
 
     async def render_split(
         self, voice: str, prefix_words: list[str], rest: str, speaking_rate: float

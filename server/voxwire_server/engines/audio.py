@@ -316,15 +316,23 @@ def wav_header(sample_rate_hz: int, channels: int, data_bytes: int | None) -> by
 OPUS_SAMPLE_RATES_HZ = (8000, 12000, 16000, 24000, 48000)
 
 
+def check_output_format(encoding: Encoding, sample_rate_hz: int) -> None:
+    """InvalidInput unless AudioEncoder can produce this encoding at this rate."""
+    if encoding is Encoding.OGG_OPUS and sample_rate_hz not in OPUS_SAMPLE_RATES_HZ:
+        allowed = ", ".join(str(r) for r in OPUS_SAMPLE_RATES_HZ)
+        raise InvalidInput(f"OGG_OPUS output supports sample rates {allowed}, not {sample_rate_hz}")
+    if encoding is Encoding.FLAC:
+        raise InvalidInput("FLAC is not an output encoding; use LINEAR16, WAV or OGG_OPUS")
+
+
 class AudioEncoder:
-    """Encodes float32 mono audio at the engine's rate into one output encoding, chunk by chunk."""
+    """Encodes float32 mono audio at the engine's rate into one output encoding, chunk by chunk.
+
+    Cheap to make: the Ogg/Opus muxer is opened by the first encode, so all codec work happens
+    where encode() is called (a worker thread, not the event loop)."""
 
     def __init__(self, encoding: Encoding, source_rate_hz: int, target_rate_hz: int) -> None:
-        if encoding is Encoding.OGG_OPUS and target_rate_hz not in OPUS_SAMPLE_RATES_HZ:
-            allowed = ", ".join(str(r) for r in OPUS_SAMPLE_RATES_HZ)
-            raise InvalidInput(f"OGG_OPUS output supports sample rates {allowed}, not {target_rate_hz}")
-        if encoding is Encoding.FLAC:
-            raise InvalidInput("FLAC is not an output encoding; use LINEAR16, WAV or OGG_OPUS")
+        check_output_format(encoding, target_rate_hz)
         self.encoding = encoding
         self.sample_rate_hz = target_rate_hz
         self._resampler = Resampler(source_rate_hz, 1, target_rate_hz)
@@ -332,14 +340,14 @@ class AudioEncoder:
         self._buffer: io.BytesIO | None = None
         self._container: Any = None
         self._stream: Any = None
-        if encoding is Encoding.OGG_OPUS:
-            self._buffer = io.BytesIO()
-            # Short Ogg pages so a streamed reply flushes audio with each chunk.
-            self._container = av.open(
-                self._buffer, mode="w", format="ogg", options={"page_duration": "60000"}
-            )
-            self._stream = self._container.add_stream("libopus", rate=target_rate_hz, layout="mono")
-            self._read_pos = 0
+        self._read_pos = 0
+        self._finished = False
+
+    def _open_ogg(self) -> None:
+        self._buffer = io.BytesIO()
+        # Short Ogg pages so a streamed reply flushes audio with each chunk.
+        self._container = av.open(self._buffer, mode="w", format="ogg", options={"page_duration": "60000"})
+        self._stream = self._container.add_stream("libopus", rate=self.sample_rate_hz, layout="mono")
 
     @property
     def samples_out(self) -> int:
@@ -355,24 +363,28 @@ class AudioEncoder:
         self._samples_out += pcm.size
         if self.encoding is not Encoding.OGG_OPUS:
             return pcm.astype("<i2").tobytes()
+        if self._container is None and not self._finished:
+            self._open_ogg()
         if pcm.size and self._container is not None:
             frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = self.sample_rate_hz
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
-        if final:
+        if final and self._container is not None:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
             self.close()
         return self._drain()
 
     def _drain(self) -> bytes:
-        assert self._buffer is not None
+        if self._buffer is None:
+            return b""
         data = self._buffer.getvalue()[self._read_pos :]
         self._read_pos += len(data)
         return data
 
     def close(self) -> None:
+        self._finished = True
         if self._container is not None:
             container, self._container = self._container, None
             container.close()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from voxwire_server.domain import Alternative, DecodeOptions, Segment, VoiceInfo
 from voxwire_server.engines.splicing import JointCheck, Prefix
+
+T = TypeVar("T")
 
 
 class PartialSkipped(Exception):
@@ -70,6 +73,17 @@ class SpeechSynthesizer(Protocol):
         ...
 
     async def render(self, voice: str, unit: str, speaking_rate: float) -> npt.NDArray[np.float32]: ...
+
+    async def render_then(
+        self, voice: str, unit: str, speaking_rate: float, then: Callable[[npt.NDArray[np.float32]], T]
+    ) -> T:
+        """render, then ``then`` on the audio in the same worker job (e.g. encoding it): the event
+        loop never runs it, and it does not wait in the workers' queue a second time."""
+        ...
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """CPU work of a reply (encoding audio that was made already) on the synthesis workers."""
+        ...
 
     async def render_split(
         self, voice: str, prefix_words: list[str], rest: str, speaking_rate: float

@@ -189,6 +189,17 @@ class HibariSynthesizer:
     async def render(self, voice: str, unit: str, speaking_rate: float) -> Float32Array:
         return await self._run(self._render, voice, unit, speaking_rate)
 
+    async def render_then(
+        self, voice: str, unit: str, speaking_rate: float, then: Callable[[Float32Array], T]
+    ) -> T:
+        def job() -> T:
+            return then(self._render(voice, unit, speaking_rate))
+
+        return await self._run(job)
+
+    async def run(self, work: Callable[[], T]) -> T:
+        return await self._run(work)
+
     def _render_timed(
         self, voice: str, phonemes: str, speaking_rate: float
     ) -> tuple[Float32Array, list[float]]:

@@ -3,6 +3,7 @@ sentence by sentence (or splice onto a cached template prefix) and encode as it 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -22,7 +23,7 @@ from voxwire_server.domain import (
     SynthesisInput,
     SynthesisRequest,
 )
-from voxwire_server.engines.audio import AudioEncoder, wav_header
+from voxwire_server.engines.audio import AudioEncoder, check_output_format, wav_header
 from voxwire_server.engines.base import SpeechSynthesizer
 from voxwire_server.engines.splicing import Prefix
 from voxwire_server.errors import InvalidInput
@@ -105,13 +106,14 @@ class _Chunks:
 
 
 class _Emitter(_Chunks):
-    """Encodes native-rate audio into chunks of the requested format."""
+    """Encodes native-rate audio into chunks of the requested format. encode() is CPU work
+    (resampling, Opus): the session runs it on the synthesis workers, one call at a time per reply."""
 
     def __init__(self, request: SynthesisRequest, source_rate_hz: int, sample_rate_hz: int) -> None:
         super().__init__(request.encoding, sample_rate_hz)
         self.encoder = AudioEncoder(request.encoding, source_rate_hz, sample_rate_hz)
 
-    def emit(self, audio: Float32Array, status: SynthesisCacheStatus, *, last: bool) -> EncodedAudio:
+    def encode(self, audio: Float32Array, status: SynthesisCacheStatus, *, last: bool) -> EncodedAudio:
         before = self.encoder.samples_out
         data = self.encoder.encode(audio)
         if last:
@@ -154,8 +156,7 @@ class SynthesisSession:
             raise InvalidInput(f"unsupported output sample_rate_hz {rate}; supported: {allowed}")
         if request.encoding is Encoding.FLAC:
             raise InvalidInput("FLAC is not an output encoding; use LINEAR16, WAV or OGG_OPUS")
-        # Checks the Opus rates before any work is done.
-        AudioEncoder(request.encoding, self._tts.sample_rate_hz, rate).close()
+        check_output_format(request.encoding, rate)
         voice = self._tts.resolve_voice(request.voice)
         template = None
         content = text
@@ -189,9 +190,32 @@ class SynthesisSession:
 
     async def _render(self, voice: str, unit: Unit) -> Float32Array:
         if isinstance(unit, Silence):
-            return np.zeros(unit.ms * self._tts.sample_rate_hz // 1000, np.float32)
+            return self._silence(unit)
         self._hooks.on_units(1)
         return await self._tts.render(voice, unit.phonemes, unit.speaking_rate)
+
+    def _silence(self, unit: Silence) -> Float32Array:
+        return np.zeros(unit.ms * self._tts.sample_rate_hz // 1000, np.float32)
+
+    async def _emit(
+        self, emitter: _Emitter, audio: Float32Array, status: SynthesisCacheStatus, *, last: bool
+    ) -> EncodedAudio:
+        """Audio made already (cached, spliced) encoded on the synthesis workers, off the event loop."""
+        return await self._tts.run(functools.partial(emitter.encode, audio, status, last=last))
+
+    async def _speak(
+        self, voice: str, unit: Unit, emitter: _Emitter, status: SynthesisCacheStatus, *, last: bool
+    ) -> EncodedAudio:
+        """One unit synthesized and encoded in one worker job (no second wait in the workers' queue)."""
+        if isinstance(unit, Silence):
+            return await self._emit(emitter, self._silence(unit), status, last=last)
+        self._hooks.on_units(1)
+        return await self._tts.render_then(
+            voice,
+            unit.phonemes,
+            unit.speaking_rate,
+            functools.partial(_encode_as, emitter, status, last),
+        )
 
     def _uses_cache(self, context: RequestContext) -> bool:
         return self._cache is not None and context.cache_policy is not CachePolicy.BYPASS
@@ -322,8 +346,7 @@ class SynthesisSession:
         # SSML as sent: error positions refer to the caller's text.
         units = await self._units(plan, plan.request.text)
         for i, unit in enumerate(units):
-            audio = await self._render(plan.voice, unit)
-            yield emitter.emit(audio, status, last=i == len(units) - 1)
+            yield await self._speak(plan.voice, unit, emitter, status, last=i == len(units) - 1)
 
     def _split(self, template: Template, entities: dict[str, str]) -> _TemplateSplit:
         """Sentences before the slot's sentence (lead), the slot sentence's words before the slot
@@ -347,14 +370,14 @@ class SynthesisSession:
             lead_audio, prefix = cached
             head = lead_audio if prefix is None else np.concatenate([lead_audio, prefix.audio])
             if streaming:
-                yield emitter.emit(head, STITCHED, last=False)
+                yield await self._emit(emitter, head, STITCHED, last=False)
             # first_rest always holds the slot's value, so there is something to splice on.
             spliced = (
                 await self._splice(plan, split, prefix, streaming, status) if prefix is not None else None
             )
             if prefix is None or spliced is not None:
                 if not streaming:
-                    yield emitter.emit(head, STITCHED, last=False)
+                    yield await self._emit(emitter, head, STITCHED, last=False)
                 rest = (
                     split.following
                     if spliced
@@ -363,14 +386,13 @@ class SynthesisSession:
                 units = await self._units(plan, rest) if rest else []
                 tail_status = spliced[1] if spliced else STITCHED
                 if spliced:
-                    yield emitter.emit(spliced[0], tail_status, last=not units)
+                    yield await self._emit(emitter, spliced[0], tail_status, last=not units)
                 for i, unit in enumerate(units):
-                    audio = await self._render(plan.voice, unit)
-                    yield emitter.emit(audio, tail_status, last=i == len(units) - 1)
+                    yield await self._speak(plan.voice, unit, emitter, tail_status, last=i == len(units) - 1)
                 return
         made = _Made()
         async for audio, last in self._full_template(plan, split, made):
-            yield emitter.emit(audio, status, last=last)
+            yield await self._emit(emitter, audio, status, last=last)
         await self._store_prefix(plan, plan.request.context, made)
 
     async def _splice(
@@ -457,6 +479,12 @@ class SynthesisSession:
             return False
         value = {"lead": made.lead, "prefix": made.prefix.to_dict() if made.prefix is not None else None}
         return await self._cache.put_prefix(self._prefix_key(plan), context, value)
+
+
+def _encode_as(
+    emitter: _Emitter, status: SynthesisCacheStatus, last: bool, audio: Float32Array
+) -> EncodedAudio:
+    return emitter.encode(audio, status, last=last)
 
 
 @dataclass(frozen=True, slots=True)
