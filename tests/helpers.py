@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Shipped with the repository (public domain, samples/README.md): speech for tests that must run on
+# every clone, with or without ../shared.
+SAMPLE_JFK = ROOT / "samples" / "jfk.flac"
 DATA_DIR = Path(os.environ.get("VOXWIRE_DATA_DIR", ROOT.parent / "shared" / "data" / "speech-dev"))
 
 _NUMBERS = {

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import speech_clips, wer
+from tests.helpers import SAMPLE_JFK, speech_clips, wer
 from voxwire import Client, InvalidArgumentError
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
@@ -53,12 +54,17 @@ def test_health_and_voices(server_process: tuple[subprocess.Popen[str], str]) ->
     assert "heart" in cli(target, "voices").stdout
 
 
-def test_transcribe_jfk(server_process: tuple[subprocess.Popen[str], str]) -> None:
+JFK = (
+    "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for "
+    "your country."
+)
+
+
+def test_transcribe_the_shipped_sample(server_process: tuple[subprocess.Popen[str], str]) -> None:
     _, target = server_process
-    (clip,) = speech_clips(["jfk_inaugural_1961"])
-    out = cli(target, "transcribe", str(clip.path))
+    out = cli(target, "transcribe", str(SAMPLE_JFK))
     assert out.returncode == 0, out.stderr
-    assert wer([(clip.text, out.stdout)]) <= 0.05, out.stdout
+    assert wer([(JFK, out.stdout)]) <= 0.05, out.stdout
 
 
 def test_say_then_transcribe(server_process: tuple[subprocess.Popen[str], str], tmp_path: Path) -> None:
@@ -92,6 +98,40 @@ def test_errors_are_reported_with_their_code(
     assert out.returncode != 0
     assert "voxwire: error" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def readme_quick_start() -> list[str]:
+    """The commands of the README's quick start (its second sh block), continuation lines joined."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Run it") :]
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    return [line.strip() for line in blocks[1].replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_the_readme_quick_start_runs_as_written(
+    server_process: tuple[subprocess.Popen[str], str], tmp_path: Path
+) -> None:
+    # As a user runs it from a clone: the CLI from .venv/bin, the sample from samples/, no ../shared.
+    _, target = server_process
+    (tmp_path / "samples").symlink_to(ROOT / "samples")
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "bin").symlink_to(BIN)
+    env = {**os.environ, "VOXWIRE_SERVER": target}
+    outputs = []
+    for command in readme_quick_start():
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        outputs.append((command, done.stdout + done.stderr))
+    assert len(outputs) == 8
+    assert "ask not what your country can do for you" in outputs[0][1].lower()
+    assert "[final" in outputs[1][1] and "[partial]" in outputs[1][1]
+    assert "kitchen lights" in outputs[2][1].lower()
+    assert "cached 0 phrases and 1 template prefixes" in outputs[3][1]
+    assert "cache stitched" in outputs[4][1]
+    assert "cache hit" in outputs[5][1]
+    assert "removed 1 cache entries" in outputs[-1][1]
 
 
 def test_logs_carry_the_clients_request_id_and_no_transcripts_and_sigterm_stops_cleanly(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import RunningServer, serve_in_thread
-from tests.helpers import speech_clips
+from tests.helpers import SAMPLE_JFK
 from voxwire import (
     AsyncClient,
     DeadlineExceededError,
@@ -30,8 +30,7 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = 20.0) -> 
 
 
 def jfk() -> str:
-    (clip,) = speech_clips(["jfk_inaugural_1961"])
-    return str(clip.path)
+    return str(SAMPLE_JFK)
 
 
 async def test_client_cancel_mid_utterance_frees_the_stream(server: RunningServer) -> None:
