@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
+import threading
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -667,3 +668,46 @@ async def test_cancelling_a_consumer_mid_render_cancels_the_render(setup: Setup)
     assert setup.engine.cancelled == ["two is here."]
     assert [c[1] for c in setup.engine.calls] == ["one is here.", "two is here."]
     assert await setup.entries() == 0
+
+
+class _BlockingEncoder:
+    """Stands in for AudioEncoder: encode() blocks until released, close() is recorded."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.closed_while_encoding = False
+        self.encoding = False
+        self.closed = 0
+        self.samples_out = 0
+
+    def encode(self, audio: Float32Array) -> bytes:
+        self.encoding = True
+        self.entered.set()
+        self.release.wait(30)
+        self.encoding = False
+        return b"x"
+
+    def finish(self) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        self.closed_while_encoding |= self.encoding
+        self.closed += 1
+
+
+async def test_a_reply_closed_mid_encode_is_closed_by_the_worker_when_it_is_done() -> None:
+    from voxwire_server.sessions.synthesis import _Emitter
+
+    emitter = _Emitter(request("Hi."), RATE_HZ, RATE_HZ)
+    fake = _BlockingEncoder()
+    emitter.encoder = fake  # type: ignore[assignment]
+    job = asyncio.create_task(asyncio.to_thread(emitter.encode, np.zeros(10, np.float32), MISS, last=False))
+    assert await asyncio.to_thread(fake.entered.wait, 30)
+    emitter.close()  # as the session's finally does when the caller goes away: it must not wait
+    assert fake.closed == 0
+    fake.release.set()
+    await job
+    assert fake.closed == 1 and not fake.closed_while_encoding
+    with pytest.raises(RuntimeError, match="closed"):
+        emitter.encode(np.zeros(10, np.float32), MISS, last=False)

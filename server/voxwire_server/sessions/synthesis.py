@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
@@ -107,21 +108,42 @@ class _Chunks:
 
 class _Emitter(_Chunks):
     """Encodes native-rate audio into chunks of the requested format. encode() is CPU work
-    (resampling, Opus): the session runs it on the synthesis workers, one call at a time per reply."""
+    (resampling, Opus): the session runs it on the synthesis workers, one call at a time per reply.
+
+    A reply cancelled while a worker is still encoding for it is closed by that worker once it is
+    done (the event loop never waits for it, and the encoder is never closed under it)."""
 
     def __init__(self, request: SynthesisRequest, source_rate_hz: int, sample_rate_hz: int) -> None:
         super().__init__(request.encoding, sample_rate_hz)
         self.encoder = AudioEncoder(request.encoding, source_rate_hz, sample_rate_hz)
+        self._state = threading.Lock()  # held only to read or flip the two flags below
+        self._encoding = False
+        self._close_requested = False
 
     def encode(self, audio: Float32Array, status: SynthesisCacheStatus, *, last: bool) -> EncodedAudio:
-        before = self.encoder.samples_out
-        data = self.encoder.encode(audio)
-        if last:
-            data += self.encoder.finish()
-        samples = self.encoder.samples_out - before
-        return self.add(data, samples * 1000 // self.sample_rate_hz, status, last=last)
+        with self._state:
+            if self._close_requested:
+                raise RuntimeError("the reply was closed")
+            self._encoding = True
+        try:
+            before = self.encoder.samples_out
+            data = self.encoder.encode(audio)
+            if last:
+                data += self.encoder.finish()
+            samples = self.encoder.samples_out - before
+            return self.add(data, samples * 1000 // self.sample_rate_hz, status, last=last)
+        finally:
+            with self._state:
+                self._encoding = False
+                close_now = self._close_requested
+            if close_now:
+                self.encoder.close()
 
     def close(self) -> None:
+        with self._state:
+            self._close_requested = True
+            if self._encoding:
+                return  # the worker encoding now closes it when it is done
         self.encoder.close()
 
 
