@@ -7,7 +7,12 @@ length, <= 10 s):
     run is shown too, as an extra row;
   * Recognize: the whole clip through the client;
   * streaming: the clip paced in real time (100 ms chunks); the figure is the time from the last
-    audio chunk leaving the client to the final result arriving ("final after end of audio").
+    audio chunk leaving the client to the final result arriving ("final after end of audio"): the
+    client sends end_of_audio at once, so the endpointer does not wait for silence;
+  * streaming with the endpointer: the clip, then 1.5 s of silence, paced the same way, end_of_audio
+    only after the silence; the figure is the time from the clip's last chunk leaving the client to
+    the final arriving, the endpointer's trailing-silence wait (600 ms) included: what a speaker
+    who stops talking waits for.
 Prints a Markdown table (medians and p95; ratios against the baseline of the same run) and writes JSON.
 
     .venv/bin/python benchmarks/recognize_latency.py [--clips 12] [--max-seconds 600]
@@ -59,23 +64,29 @@ def baseline(clips: list[dict[str, object]], cpu_threads: int) -> tuple[list[flo
 
 
 async def paced_chunks(
-    pcm: bytes, chunk_bytes: int, chunk_s: float, sent: dict[str, float]
+    pcm: bytes, chunk_bytes: int, chunk_s: float, sent: dict[str, float], trailing_silence_s: float = 0.0
 ) -> AsyncIterator[bytes]:
+    """The clip (then silence) at real time; sent["last_chunk"]: when the clip's last chunk left."""
     start = time.monotonic()
-    for i, chunk in enumerate(iter_chunks(pcm, chunk_bytes)):
+    silence = bytes(int(trailing_silence_s / chunk_s) * chunk_bytes)
+    speech_chunks = -(-len(pcm) // chunk_bytes)
+    for i, chunk in enumerate([*iter_chunks(pcm, chunk_bytes), *iter_chunks(silence, chunk_bytes)]):
         delay = start + i * chunk_s - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         yield chunk
-    sent["last_chunk"] = time.perf_counter()
+        if i == speech_chunks - 1:
+            sent["last_chunk"] = time.perf_counter()
 
 
 async def measure(target: str, clips: list[dict[str, object]]) -> dict[str, list[float] | list[str]]:
     out: dict[str, list[float] | list[str]] = {
         "recognize": [],
         "stream_final": [],
+        "endpointed_final": [],
         "recognize_text": [],
         "stream_text": [],
+        "endpointed_text": [],
     }
     async with AsyncClient(target, timeout_s=120) as client:
         for clip in clips:
@@ -89,15 +100,18 @@ async def measure(target: str, clips: list[dict[str, object]]) -> dict[str, list
             config = RecognitionConfig(
                 encoding=AudioEncoding.LINEAR16, sample_rate_hz=audio.sample_rate_hz, channels=audio.channels
             )
-            sent: dict[str, float] = {}
             chunk = chunk_bytes_for(audio.sample_rate_hz, audio.channels, 100)
-            finals, final_at = [], 0.0
-            async for update in client.stream(paced_chunks(audio.data, chunk, 0.1, sent), config):
-                if update.result is not None and update.result.is_final:
-                    finals.append(update.result.transcript)
-                    final_at = time.perf_counter()
-            out["stream_final"].append(max(0.0, final_at - sent["last_chunk"]))  # type: ignore[arg-type]
-            out["stream_text"].append(" ".join(finals))  # type: ignore[arg-type]
+            for key, silence_s in (("stream", 0.0), ("endpointed", 1.5)):
+                sent: dict[str, float] = {}
+                finals, final_at = [], 0.0
+                chunks = paced_chunks(audio.data, chunk, 0.1, sent, silence_s)
+                async for update in client.stream(chunks, config):
+                    if update.result is not None and update.result.is_final:
+                        finals.append(update.result.transcript)
+                        final_at = time.perf_counter()
+                latency = final_at - sent["last_chunk"]
+                out[f"{key}_final"].append(latency if key == "endpointed" else max(0.0, latency))  # type: ignore[arg-type]
+                out[f"{key}_text"].append(" ".join(finals))  # type: ignore[arg-type]
     return out
 
 
@@ -143,6 +157,11 @@ def main() -> None:
         row(
             "StreamingRecognize, real time: final after end of audio", got["stream_final"], got["stream_text"]
         ),  # type: ignore[arg-type]
+        row(
+            "StreamingRecognize, real time, endpointer (600 ms of silence): final after end of clip",
+            got["endpointed_final"],  # type: ignore[arg-type]
+            got["endpointed_text"],  # type: ignore[arg-type]
+        ),
     ]
     print(
         f"\n{len(clips)} speech-dev clips, {total_audio:.1f} s of audio, machine: {os.cpu_count()} vCPU "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -397,7 +398,7 @@ class _Output:
             return
         path = Path(name)
         if path.is_dir():
-            raise IsADirectoryError(21, "is a directory, not a file to write", name)
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", name)
         existed = path.exists()
         with path.open("ab"):  # OSError now: no such directory, no permission, read-only
             pass

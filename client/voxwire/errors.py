@@ -157,6 +157,11 @@ _BY_CODE: dict[str, type[VoxwireError]] = {
 }
 
 
+# What gRPC says when a message is over a channel's or server's size limit ("Received message
+# larger than max (N vs. M)", "Sent message larger than max ...").
+_MESSAGE_TOO_LARGE = "message larger than max"
+
+
 def from_rpc_error(exc: grpc.RpcError) -> VoxwireError:
     """Returns the :class:`VoxwireError` for a ``grpc.RpcError`` or ``grpc.aio.AioRpcError``."""
     code_fn = getattr(exc, "code", None)
@@ -169,15 +174,14 @@ def from_rpc_error(exc: grpc.RpcError) -> VoxwireError:
         # gRPC's own size check (client or server side), not a capacity limit: sending the same
         # message again can never succeed.
         return OutOfRangeError(
-            "OUT_OF_RANGE", f"{text}: send long audio with a stream (StreamingRecognize) instead"
+            "OUT_OF_RANGE",
+            f"RESOURCE_EXHAUSTED from gRPC's message size limit ({text}): a request this large must "
+            "be streamed (StreamingRecognize); a reply this large needs a larger "
+            "grpc.max_receive_message_length in channel_options",
         )
     cls = _BY_CODE.get(code, ServerError)
     return cls(code, text, retry_after_s=_retry_after_s(exc))
 
-
-# What gRPC says when a message is over a channel's or server's size limit ("Received message
-# larger than max (N vs. M)", "Sent message larger than max ...").
-_MESSAGE_TOO_LARGE = "message larger than max"
 
 # grpc/grpc#36066: a write that races the server ending a stream makes grpc.aio replace the status
 # the server sent (e.g. INVALID_ARGUMENT, RESOURCE_EXHAUSTED) with this placeholder.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 from typing import Any
 
@@ -123,6 +124,10 @@ class App:
             await self._grpc.server.stop(0)
             raise
         await self._load_cache_key_secret()
+        # What start-up made (modules, models' Python state, lexicons) lives as long as the process:
+        # out of the collector's sight, a full collection takes ~0 ms instead of 30-40 ms, a pause
+        # that every stream on the event loop would otherwise feel now and then.
+        gc.freeze()
         self.runtime.set_engines(*self._engines)
         await self._grpc.set_serving(True)
         log.info("serving (%s, %s)", self._engines[0].model_name, self._engines[1].model_name)
@@ -134,7 +139,11 @@ class App:
         if cache is None:
             return
         if not self.config.cache_key_secret and cache.store.name != "memory":
-            log.info("cache keys use a secret kept in the cache store; give replicas --cache-key-secret")
+            log.warning(
+                "no --cache-key-secret: cache keys use a secret generated and kept in the cache store, "
+                "where a reader of the store can find it; set VOXWIRE_CACHE_KEY_SECRET (the same on "
+                "every replica)"
+            )
         try:
             await cache.key_secret()
         except StoreUnavailable as exc:

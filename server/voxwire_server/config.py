@@ -21,11 +21,11 @@ MAX_AUTO_ASR_WORKERS = 4
 MAX_AUTO_TTS_WORKERS = 4
 # A Recognize request sized from --max-clip-s holds that much of the largest raw audio accepted
 # (LINEAR16 at 48 kHz, stereo), plus this much for the config and a container's headers.
-_CLIP_BYTES_PER_S = 48000 * 2 * 2
-_REQUEST_OVERHEAD_BYTES = 1 << 20
-# gRPC's own limit sits above the request limit, so an oversized request still reaches the handler
-# and is answered OUT_OF_RANGE with advice; gRPC refuses only what is larger still.
-_GRPC_LIMIT_FACTOR = 2
+CLIP_BYTES_PER_S = 48000 * 2 * 2
+REQUEST_OVERHEAD_BYTES = 1 << 20
+# gRPC's own limit sits this far above the request limit, so a request somewhat too large still
+# reaches the handler and is answered OUT_OF_RANGE with advice; gRPC refuses only larger ones.
+_GRPC_LIMIT_SLACK_BYTES = 16 << 20
 _GRPC_LIMIT_MAX_BYTES = 2**31 - 1
 
 
@@ -90,7 +90,9 @@ class ServerConfig:
         10.0, "template joint check: largest loudness step (dB) the joint adds"
     )
     max_message_mb: int = _opt(
-        0, "largest Recognize request in MiB (0 = sized from max_clip_s: that long a 48 kHz stereo clip)"
+        0,
+        "largest Recognize request in MiB (0 = sized from max_clip_s: that long a clip of 48 kHz stereo "
+        "16-bit audio)",
     )
     max_clip_s: float = _opt(600.0, "longest clip Recognize accepts")
     max_chunk_ms: int = _opt(1000, "longest audio chunk a stream may send at once")
@@ -124,13 +126,13 @@ class ServerConfig:
         """The largest Recognize request (a whole clip) the server takes; larger is OUT_OF_RANGE."""
         if self.max_message_mb:
             return self.max_message_mb * 1024 * 1024
-        return math.ceil(self.max_clip_s * _CLIP_BYTES_PER_S) + _REQUEST_OVERHEAD_BYTES
+        return math.ceil(self.max_clip_s * CLIP_BYTES_PER_S) + REQUEST_OVERHEAD_BYTES
 
     @property
     def grpc_message_limit_bytes(self) -> int:
         """gRPC's receive and send limit: above max_request_bytes, so the handler sees (and answers)
         requests that are somewhat too large; gRPC itself refuses only larger ones."""
-        return min(_GRPC_LIMIT_MAX_BYTES, self.max_request_bytes * _GRPC_LIMIT_FACTOR)
+        return min(_GRPC_LIMIT_MAX_BYTES, self.max_request_bytes + _GRPC_LIMIT_SLACK_BYTES)
 
     @property
     def effective_tts_workers(self) -> int:

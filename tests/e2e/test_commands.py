@@ -98,6 +98,11 @@ def test_errors_are_reported_with_their_code(
     assert out.returncode != 0
     assert "voxwire: error" in out.stderr
     assert "Traceback" not in out.stderr
+    # Plain text sent as SSML: the answer says what to do.
+    out = cli(target, "say", "Turn on the lights.", "--ssml", "-o", str(tmp_path / "x.wav"))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "wrap it in <speak>" in out.stderr, out.stderr
+    assert not (tmp_path / "x.wav").exists()
 
 
 def readme_quick_start() -> list[str]:

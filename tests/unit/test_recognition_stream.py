@@ -259,7 +259,8 @@ async def test_a_finals_latency_counts_from_the_arrival_of_the_chunk_that_ended_
     recognizer = ScriptedRecognizer()
     recognizer.gate = asyncio.Event()
     all_sent = asyncio.Event()
-    held_s = 0.3
+    now = [100.0]  # the stream's clock: only this test moves it
+    held_s = 5.0
 
     async def inputs() -> AsyncIterator[StreamInput]:
         async for item in feed(TWO_UTTERANCES, end=False):
@@ -273,13 +274,17 @@ async def test_a_finals_latency_counts_from_the_arrival_of_the_chunk_that_ended_
         updates.append(update)
 
     stream = RecognitionStream(
-        StreamStart(options()), recognizer, lambda a: EnergyVad(), RecognitionLimits(), emit
+        StreamStart(options()),
+        recognizer,
+        lambda a: EnergyVad(),
+        RecognitionLimits(),
+        emit,
+        clock=lambda: now[0],
     )
     task = asyncio.create_task(stream.run(inputs()))
-    await all_sent.wait()
-    await asyncio.sleep(held_s)  # the decoder is busy this long
+    await all_sent.wait()  # every chunk has arrived, at time 100
+    now[0] += held_s  # the decoder was busy this long
     recognizer.gate.set()
     await task
     finals = [u.payload for u in updates if isinstance(u.payload, Result)]
-    assert len(finals) == 2
-    assert all(f.processing_latency_ms >= held_s * 1000 for f in finals), finals
+    assert [f.processing_latency_ms for f in finals] == [held_s * 1000, held_s * 1000]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from voxwire_server.caches.synthesis import (
     SECRET_KEY,
     SECRET_REFRESH_S,
+    SECRET_RETRY_S,
     CachedAudio,
     SynthesisCache,
     TierStats,
@@ -210,6 +212,56 @@ async def test_an_evicted_secret_is_put_back_by_the_process_that_holds_it() -> N
     assert await store.get(SECRET_KEY) == secret
     # A newcomer after the refresh agrees with it.
     assert await SynthesisCache(store, personal_ttl_s=TTL_S, clock=clock).get_phrase(KEY, ALICE) == AUDIO
+
+
+class SwitchableStore(MemoryStore):
+    """A memory store that can be taken down; counts the calls that reach it."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(1 << 20, clock=clock)
+        self.down = False
+        self.calls = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.calls += 1
+        if self.down:
+            await asyncio.sleep(0.01)  # as a timeout would, so concurrent callers overlap
+            raise StoreUnavailable("down")
+        return await super().get(key)
+
+    async def add(self, key: str, value: bytes) -> bool:
+        self.calls += 1
+        if self.down:
+            raise StoreUnavailable("down")
+        return await super().add(key, value)
+
+
+async def test_a_store_down_at_first_use_costs_one_secret_read_not_one_per_request() -> None:
+    clock = FakeClock()
+    store = SwitchableStore(clock)
+    store.down = True
+    cache = SynthesisCache(store, personal_ttl_s=TTL_S, clock=clock)
+    results = await asyncio.gather(*(cache.get_phrase(KEY, ALICE) for _ in range(10)))
+    assert results == [None] * 10  # misses, not errors
+    assert store.calls == 1  # one read tried; the others did not queue behind its timeout
+    clock.now_s += SECRET_RETRY_S + 0.1
+    store.down = False
+    await cache.put_phrase(KEY, ALICE, AUDIO)
+    assert await cache.get_phrase(KEY, ALICE) == AUDIO
+
+
+async def test_a_store_down_at_refresh_keeps_the_secret_in_hand() -> None:
+    clock = FakeClock()
+    store = SwitchableStore(clock)
+    cache = SynthesisCache(store, personal_ttl_s=TTL_S, clock=clock)
+    await cache.put_phrase(KEY, None, AUDIO)
+    secret = await cache.key_secret()
+    clock.now_s += SECRET_REFRESH_S + 1
+    store.down = True
+    assert await cache.key_secret() == secret  # the refresh failed: the secret held stays in use
+    calls = store.calls
+    assert await cache.key_secret() == secret
+    assert store.calls == calls  # and the next second does not try again
 
 
 # -- tiers -----------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from voxwire_server.engines.splicing import (
     make_prefix,
 )
 from voxwire_server.errors import InvalidInput, NotFound
+from voxwire_server.sessions.reply_audio import ReplyEncoder
 from voxwire_server.sessions.synthesis import SynthesisHooks, SynthesisLimits, SynthesisSession
 from voxwire_server.storage import MemoryStore
 
@@ -697,9 +698,7 @@ class _BlockingEncoder:
 
 
 async def test_a_reply_closed_mid_encode_is_closed_by_the_worker_when_it_is_done() -> None:
-    from voxwire_server.sessions.synthesis import _Emitter
-
-    emitter = _Emitter(request("Hi."), RATE_HZ, RATE_HZ)
+    emitter = ReplyEncoder(request("Hi."), RATE_HZ, RATE_HZ)
     fake = _BlockingEncoder()
     emitter.encoder = fake  # type: ignore[assignment]
     job = asyncio.create_task(asyncio.to_thread(emitter.encode, np.zeros(10, np.float32), MISS, last=False))
@@ -711,3 +710,18 @@ async def test_a_reply_closed_mid_encode_is_closed_by_the_worker_when_it_is_done
     assert fake.closed == 1 and not fake.closed_while_encoding
     with pytest.raises(RuntimeError, match="closed"):
         emitter.encode(np.zeros(10, np.float32), MISS, last=False)
+
+
+def test_a_reply_is_encoded_one_piece_at_a_time() -> None:
+    emitter = ReplyEncoder(request("Hi."), RATE_HZ, RATE_HZ)
+    fake = _BlockingEncoder()
+    emitter.encoder = fake  # type: ignore[assignment]
+    first = threading.Thread(
+        target=emitter.encode, args=(np.zeros(10, np.float32), MISS), kwargs={"last": False}
+    )
+    first.start()
+    assert fake.entered.wait(30)
+    with pytest.raises(RuntimeError, match="one piece at a time"):
+        emitter.encode(np.zeros(10, np.float32), MISS, last=False)
+    fake.release.set()
+    first.join(30)

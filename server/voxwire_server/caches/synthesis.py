@@ -4,9 +4,10 @@
 - personal: filled by requests, scoped to one tenant's user (owner tag for PurgeUser), with a
   short TTL.
 
-Every key in the store is an HMAC-SHA-256 under a server secret (given, or generated once and kept
-in the store for every process that shares it), so a reader of the store can neither tell whose an
-entry is nor test a guess of what it holds.
+Every key in the store is an HMAC-SHA-256 under a server secret, so what the key names show (in a key
+listing, a slow log, a replica's keyspace) tells neither whose an entry is nor what it holds. A
+secret that is given (--cache-key-secret) also holds against a reader of the store's values; one
+generated when none is given is kept in the store for every process that shares it, so it does not.
 
 A reply's key covers everything that changes its bytes: the normalised text or SSML, voice,
 speaking rate, encoding, sample rate and the voice model's version. A prefix's key covers the
@@ -46,6 +47,9 @@ SECRET_BYTES = 32
 # How often a process reads the stored secret again: it keeps the entry in use (LFU eviction
 # spares it) and puts it back if it was evicted.
 SECRET_REFRESH_S = 60.0
+# After a failed read, how long requests fail at once (or keep the secret they have) before one
+# tries again: a store that is down costs one timeout a second, not one per waiting request.
+SECRET_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,8 @@ class SynthesisCache:
         self._given_secret = key_secret
         self._secret: bytes | None = None
         self._secret_read_at = 0.0
+        self._secret_retry_at = 0.0
+        self._reading = False
         self._secret_lock = asyncio.Lock()
         self._clock = clock
 
@@ -127,30 +133,49 @@ class SynthesisCache:
 
     async def key_secret(self) -> bytes:
         """The secret under which keys are made. Raises StoreUnavailable when it must be read from
-        a store that cannot be reached."""
+        a store that cannot be reached (at most one read a second tries; the others fail at once)."""
         if self._given_secret is not None:
             return self._given_secret
-        if self._secret is not None and self._clock() < self._secret_read_at + SECRET_REFRESH_S:
-            return self._secret
+        held = self._secret
+        if held is not None and (self._clock() < self._secret_read_at + SECRET_REFRESH_S or self._reading):
+            return held  # fresh, or being read again by another request: keep using it meanwhile
         async with self._secret_lock:
-            if self._secret is not None and self._clock() < self._secret_read_at + SECRET_REFRESH_S:
+            now = self._clock()
+            if self._secret is not None and now < self._secret_read_at + SECRET_REFRESH_S:
                 return self._secret
-            stored = await self._store.get(SECRET_KEY)
-            if stored is None:
-                # First use of the store, or the secret was evicted: this process's secret (or a new
-                # one) goes in, unless another process got there first.
-                await self._store.add(SECRET_KEY, self._secret or secrets.token_bytes(SECRET_BYTES))
-                stored = await self._store.get(SECRET_KEY)
-            if stored is None or len(stored) < 16:
-                stored = self._secret or secrets.token_bytes(SECRET_BYTES)  # a store too small to keep it
+            if now < self._secret_retry_at:  # a read failed moments ago: no queue of timeouts
+                if self._secret is not None:
+                    return self._secret
+                raise StoreUnavailable("the cache store was unavailable moments ago")
+            self._reading = True
+            try:
+                stored = await self._read_or_make_secret()
+            except StoreUnavailable:
+                self._secret_retry_at = self._clock() + SECRET_RETRY_S
+                if self._secret is not None:
+                    return self._secret
+                raise
+            finally:
+                self._reading = False
             if self._secret is not None and stored != self._secret:
                 log.warning(
                     "the cache key secret in the store changed (evicted and made again elsewhere?): "
-                    "entries made before are no longer found; give every replica the same "
+                    "entries made before are no longer found, nor purged; give every replica the same "
                     "--cache-key-secret"
                 )
             self._secret, self._secret_read_at = stored, self._clock()
             return stored
+
+    async def _read_or_make_secret(self) -> bytes:
+        stored = await self._store.get(SECRET_KEY)
+        if stored is None:
+            # First use of the store, or the secret was evicted: this process's secret (or a new one)
+            # goes in, unless another process got there first.
+            await self._store.add(SECRET_KEY, self._secret or secrets.token_bytes(SECRET_BYTES))
+            stored = await self._store.get(SECRET_KEY)
+        if stored is None or len(stored) < 16:
+            stored = self._secret or secrets.token_bytes(SECRET_BYTES)  # a store too small to keep it
+        return stored
 
     async def _store_key(self, kind: str, tier: str, key: str, context: RequestContext | None) -> str:
         secret = await self.key_secret()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
+from voxwire_server.config import CLIP_BYTES_PER_S, REQUEST_OVERHEAD_BYTES
 from voxwire_server.domain import (
     Alternative,
     AudioChunk,
@@ -58,8 +59,9 @@ MAX_WINDOW_AUDIO_S = 29.0
 @dataclass(frozen=True, slots=True)
 class RecognitionLimits:
     max_clip_s: float = 600.0
-    # The largest Recognize request's audio, in bytes (checked before anything is decoded).
-    max_clip_bytes: int = 116 << 20
+    # The largest Recognize request's audio, in bytes (checked before anything is decoded); the
+    # server sizes it from max_clip_s (ServerConfig.max_request_bytes).
+    max_clip_bytes: int = 600 * CLIP_BYTES_PER_S + REQUEST_OVERHEAD_BYTES
     max_chunk_ms: int = 1000
     queue_chunks: int = 200
     partial_interval_ms: int = 500
@@ -163,18 +165,18 @@ async def recognize_clip(
 def _check_clip_size(audio: bytes, options: RecognitionOptions, limits: RecognitionLimits) -> None:
     """OUT_OF_RANGE before any decoding: a request over the byte limit, or raw audio whose length
     alone says it is longer than max_clip_s."""
-    advice = "send longer audio with StreamingRecognize"
     if len(audio) > limits.max_clip_bytes:
         raise LimitExceeded(
             f"the clip is {len(audio) / 2**20:.1f} MiB; Recognize takes at most "
-            f"{limits.max_clip_bytes / 2**20:.1f} MiB: {advice}"
+            f"{limits.max_clip_bytes / 2**20:.1f} MiB: send audio this large with StreamingRecognize"
         )
     fmt = options.audio
     if fmt.encoding is Encoding.LINEAR16 and fmt.sample_rate_hz > 0:
         duration_s = len(audio) / (2 * (fmt.channels or 1) * fmt.sample_rate_hz)
         if duration_s > limits.max_clip_s:
             raise LimitExceeded(
-                f"the clip is {duration_s:.0f} s; Recognize takes at most {limits.max_clip_s:.0f} s: {advice}"
+                f"the clip is {duration_s:.0f} s; Recognize takes at most {limits.max_clip_s:.0f} s: "
+                "send longer audio with StreamingRecognize"
             )
 
 
@@ -198,7 +200,9 @@ class RecognitionStream:
         vad_factory: VadFactory,
         limits: RecognitionLimits,
         emit: Emit,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """clock: what arrival times and result latencies are measured with."""
         if start.resume_token:
             raise NotImplementedCapability("stream resumption (resume_token)")
         options = start.options
@@ -221,6 +225,7 @@ class RecognitionStream:
         self._last_partial_at = 0
         self._partial_interval = limits.partial_interval_ms * ASR_SAMPLE_RATE_HZ // 1000
         self._agreement = LocalAgreement()
+        self._clock = clock
 
     async def run(self, inputs: AsyncIterator[StreamInput]) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -229,7 +234,7 @@ class RecognitionStream:
 
     async def _read(self, inputs: AsyncIterator[StreamInput]) -> None:
         async for item in inputs:
-            arrived = time.perf_counter()
+            arrived = self._clock()
             if isinstance(item, EndOfAudio):
                 await self._queue.put((await self._decode_input(None), arrived))
                 await self._queue.put((_END, arrived))
@@ -300,7 +305,7 @@ class RecognitionStream:
                 end_samples=event.audio_start + event.audio.size,
                 index=event.utterance_index,
                 tier=tier,
-                latency_ms=(time.perf_counter() - arrived) * 1000,
+                latency_ms=(self._clock() - arrived) * 1000,
             )
             await self._emit(StreamUpdate(result, self._committed_ms))
         return single
@@ -320,7 +325,7 @@ class RecognitionStream:
         self._partial = tg.create_task(self._run_partial(audio, start, self._endpointer.utterance_index))
 
     async def _run_partial(self, audio: npt.NDArray[np.int16], start: int, index: int) -> None:
-        started = time.perf_counter()
+        started = self._clock()
         options = replace(self._options.decode, tier=Tier.FAST, word_timestamps=False, max_alternatives=1)
         request = WindowRequest(pcm16_to_float(audio), options, prefix=self._agreement.prefix)
         deadline = time.monotonic() + self._limits.partial_interval_ms / 1000
@@ -338,7 +343,7 @@ class RecognitionStream:
             end_samples=start + audio.size,
             index=index,
             tier=Tier.FAST,
-            latency_ms=(time.perf_counter() - started) * 1000,
+            latency_ms=(self._clock() - started) * 1000,
         )
         await self._emit(
             StreamUpdate(replace(result, is_final=False, stability=stability), self._committed_ms)

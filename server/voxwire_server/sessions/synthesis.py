@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
@@ -24,10 +23,11 @@ from voxwire_server.domain import (
     SynthesisInput,
     SynthesisRequest,
 )
-from voxwire_server.engines.audio import AudioEncoder, check_output_format, wav_header
+from voxwire_server.engines.audio import check_output_format, wav_header
 from voxwire_server.engines.base import SpeechSynthesizer
 from voxwire_server.engines.splicing import Prefix
 from voxwire_server.errors import InvalidInput
+from voxwire_server.sessions.reply_audio import ReplyChunks, ReplyEncoder, encode_as
 from voxwire_server.sessions.speech_plan import Silence, Speech, Unit, plan_ssml, plan_text
 from voxwire_server.sessions.ssml import MAX_RATE, MIN_RATE, parse_ssml
 from voxwire_server.sessions.templates import Template, parse_template
@@ -69,82 +69,6 @@ class _Plan:
     sample_rate_hz: int
     template: Template | None
     key: str
-
-
-class _Chunks:
-    """The chunks of one reply as they go out: offsets, the streamed WAV header on the first one,
-    and their raw data and statuses (what the phrase cache keeps and a unary reply joins)."""
-
-    def __init__(self, encoding: Encoding, sample_rate_hz: int) -> None:
-        self.encoding = encoding
-        self.sample_rate_hz = sample_rate_hz
-        self.data: list[bytes] = []
-        self.durations_ms: list[int] = []
-        self.statuses: list[SynthesisCacheStatus] = []
-
-    def add(self, data: bytes, duration_ms: int, status: SynthesisCacheStatus, *, last: bool) -> EncodedAudio:
-        header = (
-            wav_header(self.sample_rate_hz, 1, None)
-            if not self.data and self.encoding is Encoding.WAV
-            else b""
-        )
-        offset_ms = sum(self.durations_ms)
-        self.data.append(data)
-        self.durations_ms.append(duration_ms)
-        self.statuses.append(status)
-        return EncodedAudio(
-            data=header + data,
-            encoding=self.encoding,
-            sample_rate_hz=self.sample_rate_hz,
-            offset_ms=offset_ms,
-            duration_ms=duration_ms,
-            last=last,
-            cache_status=status,
-        )
-
-    def cached(self) -> CachedAudio:
-        return CachedAudio(tuple(self.data), tuple(self.durations_ms), self.sample_rate_hz)
-
-
-class _Emitter(_Chunks):
-    """Encodes native-rate audio into chunks of the requested format. encode() is CPU work
-    (resampling, Opus): the session runs it on the synthesis workers, one call at a time per reply.
-
-    A reply cancelled while a worker is still encoding for it is closed by that worker once it is
-    done (the event loop never waits for it, and the encoder is never closed under it)."""
-
-    def __init__(self, request: SynthesisRequest, source_rate_hz: int, sample_rate_hz: int) -> None:
-        super().__init__(request.encoding, sample_rate_hz)
-        self.encoder = AudioEncoder(request.encoding, source_rate_hz, sample_rate_hz)
-        self._state = threading.Lock()  # held only to read or flip the two flags below
-        self._encoding = False
-        self._close_requested = False
-
-    def encode(self, audio: Float32Array, status: SynthesisCacheStatus, *, last: bool) -> EncodedAudio:
-        with self._state:
-            if self._close_requested:
-                raise RuntimeError("the reply was closed")
-            self._encoding = True
-        try:
-            before = self.encoder.samples_out
-            data = self.encoder.encode(audio)
-            if last:
-                data += self.encoder.finish()
-            samples = self.encoder.samples_out - before
-            return self.add(data, samples * 1000 // self.sample_rate_hz, status, last=last)
-        finally:
-            with self._state:
-                self._encoding = False
-                close_now = self._close_requested
-            if close_now:
-                self.encoder.close()
-
-    def close(self) -> None:
-        with self._state:
-            self._close_requested = True
-            if self._encoding:
-                return  # the worker encoding now closes it when it is done
-        self.encoder.close()
 
 
 class SynthesisSession:
@@ -220,13 +144,13 @@ class SynthesisSession:
         return np.zeros(unit.ms * self._tts.sample_rate_hz // 1000, np.float32)
 
     async def _emit(
-        self, emitter: _Emitter, audio: Float32Array, status: SynthesisCacheStatus, *, last: bool
+        self, emitter: ReplyEncoder, audio: Float32Array, status: SynthesisCacheStatus, *, last: bool
     ) -> EncodedAudio:
         """Audio made already (cached, spliced) encoded on the synthesis workers, off the event loop."""
         return await self._tts.run(functools.partial(emitter.encode, audio, status, last=last))
 
     async def _speak(
-        self, voice: str, unit: Unit, emitter: _Emitter, status: SynthesisCacheStatus, *, last: bool
+        self, voice: str, unit: Unit, emitter: ReplyEncoder, status: SynthesisCacheStatus, *, last: bool
     ) -> EncodedAudio:
         """One unit synthesized and encoded in one worker job (no second wait in the workers' queue)."""
         if isinstance(unit, Silence):
@@ -236,7 +160,7 @@ class SynthesisSession:
             voice,
             unit.phonemes,
             unit.speaking_rate,
-            functools.partial(_encode_as, emitter, status, last),
+            functools.partial(encode_as, emitter, status, last),
         )
 
     def _uses_cache(self, context: RequestContext) -> bool:
@@ -256,7 +180,7 @@ class SynthesisSession:
                 for chunk in self._replay(plan, hit)[1]:
                     yield chunk
                 return
-        emitter = _Emitter(request, self._tts.sample_rate_hz, plan.sample_rate_hz)
+        emitter = ReplyEncoder(request, self._tts.sample_rate_hz, plan.sample_rate_hz)
         try:
             async for chunk in self._produce(plan, emitter, streaming=True):
                 yield chunk
@@ -275,7 +199,7 @@ class SynthesisSession:
         if hit is not None:
             chunks = self._replay(plan, hit)[0]
         else:
-            chunks = emitter = _Emitter(request, self._tts.sample_rate_hz, plan.sample_rate_hz)
+            chunks = emitter = ReplyEncoder(request, self._tts.sample_rate_hz, plan.sample_rate_hz)
             try:
                 async for _ in self._produce(plan, emitter, streaming=False):
                     pass
@@ -320,7 +244,7 @@ class SynthesisSession:
             parsed.append((source, template))
         n_phrases = n_templates = 0
         for plan in plans:
-            emitter = _Emitter(plan.request, self._tts.sample_rate_hz, plan.sample_rate_hz)
+            emitter = ReplyEncoder(plan.request, self._tts.sample_rate_hz, plan.sample_rate_hz)
             try:
                 async for _ in self._produce(plan, emitter, streaming=False):
                     pass
@@ -341,7 +265,7 @@ class SynthesisSession:
             n_templates += await self._store_prefix(plan, None, made)
         return n_phrases, n_templates
 
-    async def _store_reply(self, plan: _Plan, emitter: _Emitter) -> None:
+    async def _store_reply(self, plan: _Plan, emitter: ReplyEncoder) -> None:
         """A reply made whole (synthesized, stitched onto a cached prefix, or both) is kept under the
         request's cache policy like any other: a repeat is a HIT, and PurgeUser removes it."""
         if self._cache is not None and self._uses_cache(plan.request.context):
@@ -349,8 +273,8 @@ class SynthesisSession:
 
     # -- producing audio ----------------------------------------------------------------------
 
-    def _replay(self, plan: _Plan, hit: CachedAudio) -> tuple[_Chunks, list[EncodedAudio]]:
-        chunks = _Chunks(plan.request.encoding, plan.sample_rate_hz)
+    def _replay(self, plan: _Plan, hit: CachedAudio) -> tuple[ReplyChunks, list[EncodedAudio]]:
+        chunks = ReplyChunks(plan.request.encoding, plan.sample_rate_hz)
         out = [
             chunks.add(data, duration_ms, HIT, last=i == len(hit.chunks) - 1)
             for i, (data, duration_ms) in enumerate(zip(hit.chunks, hit.durations_ms, strict=True))
@@ -358,7 +282,7 @@ class SynthesisSession:
         return chunks, out
 
     async def _produce(
-        self, plan: _Plan, emitter: _Emitter, *, streaming: bool
+        self, plan: _Plan, emitter: ReplyEncoder, *, streaming: bool
     ) -> AsyncIterator[EncodedAudio]:
         status = MISS if self._uses_cache(plan.request.context) else NONE
         if plan.template is not None:
@@ -383,7 +307,7 @@ class SynthesisSession:
         return _TemplateSplit(" ".join(lead), partial, after[0] if after else "", " ".join(after[1:]))
 
     async def _template(
-        self, plan: _Plan, emitter: _Emitter, *, streaming: bool, status: SynthesisCacheStatus
+        self, plan: _Plan, emitter: ReplyEncoder, *, streaming: bool, status: SynthesisCacheStatus
     ) -> AsyncIterator[EncodedAudio]:
         assert plan.template is not None
         split = self._split(plan.template, dict(plan.request.entities))
@@ -501,12 +425,6 @@ class SynthesisSession:
             return False
         value = {"lead": made.lead, "prefix": made.prefix.to_dict() if made.prefix is not None else None}
         return await self._cache.put_prefix(self._prefix_key(plan), context, value)
-
-
-def _encode_as(
-    emitter: _Emitter, status: SynthesisCacheStatus, last: bool, audio: Float32Array
-) -> EncodedAudio:
-    return emitter.encode(audio, status, last=last)
 
 
 @dataclass(frozen=True, slots=True)
