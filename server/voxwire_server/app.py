@@ -50,6 +50,7 @@ def build_runtime(config: ServerConfig) -> Runtime:
             escalation_confidence=config.escalation_confidence,
             escalation_max_waiting=config.escalation_max_waiting,
             on_escalation=telemetry.escalations.inc,
+            context_gap_s=config.context_gap_s,
         ),
         synthesis_limits=SynthesisLimits(
             max_text_chars=config.max_text_chars,
@@ -86,6 +87,7 @@ def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthe
         max_batch_wait_ms=config.max_batch_wait_ms,
         max_partial_batch=config.max_partial_batch,
         workers=config.effective_asr_workers,
+        context_tokens=config.asr_context_tokens,
     )
     synthesizer = HibariSynthesizer(
         config.tts_voice, threads=config.tts_threads, workers=config.effective_tts_workers

@@ -60,6 +60,12 @@ class ServerConfig:
     escalation_max_waiting: int = _opt(
         0, "escalation is skipped while more than this many finals wait for the decoder"
     )
+    asr_context_tokens: int = _opt(
+        64, "tokens of a stream's earlier finals that condition its next utterance (0 = none, at most 223)"
+    )
+    context_gap_s: float = _opt(
+        10.0, "a pause longer than this between utterances starts a new context (nothing said before)"
+    )
     max_batch: int = _opt(8, "windows decoded together in one batch (across streams)")
     max_batch_wait_ms: float = _opt(10.0, "how long the decoder waits for a batch to fill")
     max_partial_batch: int = _opt(
@@ -183,6 +189,10 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be positive, got {value}")
         if self.max_utterance_s > 29:
             raise ConfigError("max_utterance_s must be at most 29 (the Whisper window, less padding)")
+        if not 0 <= self.asr_context_tokens <= 223:
+            raise ConfigError(f"asr_context_tokens must be 0..223, got {self.asr_context_tokens}")
+        if self.context_gap_s < 0:
+            raise ConfigError(f"context_gap_s must be 0 or more, got {self.context_gap_s}")
         if not 0 <= self.escalation_confidence <= 1:
             raise ConfigError("escalation_confidence must be 0..1")
         if self.cache != "off" and self.cache != "memory" and "://" not in self.cache:

@@ -11,6 +11,9 @@ from tests.conftest import RunningServer, serve_in_thread
 from tests.helpers import speech_clips
 from voxwire import AsyncClient, RecognitionConfig
 from voxwire_server.config import ServerConfig
+from voxwire_server.domain import AudioFormat, DecodeOptions, Encoding
+from voxwire_server.engines.audio import decode_clip
+from voxwire_server.engines.base import WindowRequest
 from voxwire_server.engines.whisper import WhisperRecognizer
 
 # "... Tom, apologized Whittemore.": alone, tiny.en hears "with more"; conditioned on the name it
@@ -72,3 +75,26 @@ async def test_finals_with_the_same_conditioning_still_share_a_batch(batching_se
         results = await asyncio.gather(*(client.recognize(str(clip.path), config) for _ in range(2)))
     assert recognizer.batching.batches_run - before == 1
     assert results[0].text == results[1].text
+
+
+async def test_previous_text_conditions_the_next_utterance_of_its_own_request_only(
+    batching_server: RunningServer,
+) -> None:
+    # The sentence before, as a stream's earlier final: it carries the name, so the utterance is
+    # written with it; another stream's history of the same (bucketed) length in the same batch
+    # does not. Both decode in one batch, each as it would alone.
+    (clip,) = speech_clips([CLIP])
+    recognizer = batching_server.app.runtime.recognizer
+    assert isinstance(recognizer, WhisperRecognizer)
+    audio = decode_clip(clip.path.read_bytes(), AudioFormat(Encoding.WAV))
+    named = WindowRequest(audio, DecodeOptions(), context="Tom met Mr. Whittemore at the station.")
+    other = WindowRequest(audio, DecodeOptions(), context="Tom met Mr. Zanzibar at the station.")
+    assert recognizer.batch_key(named) == recognizer.batch_key(other)
+    alone = [
+        (await recognizer.decode(r, final=True, deadline=0.0)).alternatives[0].text for r in (named, other)
+    ]
+    assert "whitmore" in alone[0].lower() and "whitmore" not in alone[1].lower(), alone
+    before = recognizer.batching.batches_run
+    together = await asyncio.gather(*(recognizer.decode(r, final=True, deadline=0.0) for r in (other, named)))
+    assert recognizer.batching.batches_run - before == 1
+    assert [t.alternatives[0].text for t in together] == alone[::-1]

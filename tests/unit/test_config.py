@@ -29,6 +29,8 @@ def test_flags_win_over_environment() -> None:
         (["--vad-aggressiveness", "5"], "vad_aggressiveness must be 0..3"),
         (["--max-utterance-s", "45"], "at most 29"),
         (["--escalation-confidence", "2"], "escalation_confidence must be 0..1"),
+        (["--asr-context-tokens", "300"], "asr_context_tokens must be 0..223"),
+        (["--context-gap-s", "-1"], "context_gap_s must be 0 or more"),
         (["--asr-model", "/does/not/exist"], "not a CTranslate2 model directory"),
         (["--asr-default-tier", "huge"], "fast or accurate"),
         (["--max-streams", "0"], "max_streams must be positive"),

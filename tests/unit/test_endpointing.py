@@ -77,3 +77,35 @@ def test_end_of_audio_closes_the_open_utterance() -> None:
     events = run(Endpointer(EnergyVad(), Endpointing()), audio, chunk=333)
     assert isinstance(events[-1], UtteranceEnded)
     assert events[-1].audio_start + events[-1].audio.size == audio.size
+
+
+def test_a_forced_cut_falls_in_the_quietest_pause_before_the_limit() -> None:
+    # 6 s of "speech" with a short soft dip (a pause between words) at 4.2 s, a limit of 5 s: the
+    # cut goes in the dip, not at 5 s through a word, and the rest starts the next utterance at once.
+    audio = pattern(("speech", 4.2), ("silence", 0.12), ("speech", 1.68), ("silence", 1.0))
+    events = run(Endpointer(EnergyVad(), Endpointing(max_utterance_s=5.0, silence_ms=600)), audio)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["SpeechStarted", "UtteranceEnded", "SpeechStarted", "UtteranceEnded"]
+    first, restart, second = events[1], events[2], events[3]
+    assert isinstance(first, UtteranceEnded) and isinstance(restart, SpeechStarted)
+    assert isinstance(second, UtteranceEnded)
+    assert first.forced and not second.forced
+    cut = first.audio_start + first.audio.size
+    assert int(4.2 * RATE) <= cut <= int(4.32 * RATE)
+    assert first.speech_end == cut
+    # The next utterance begins exactly at the cut: no sample lost or heard twice.
+    assert restart.speech_start == second.audio_start == cut
+    assert second.utterance_index == first.utterance_index + 1
+    joined = np.concatenate([first.audio, second.audio])
+    assert np.array_equal(joined, audio[first.audio_start : first.audio_start + joined.size])
+
+
+def test_without_a_pause_the_cut_still_loses_nothing() -> None:
+    audio = pattern(("speech", 7.0), ("silence", 1.0))
+    events = run(Endpointer(EnergyVad(), Endpointing(max_utterance_s=2.0)), audio)
+    ended = [e for e in events if isinstance(e, UtteranceEnded)]
+    assert len(ended) == 4 and all(e.forced for e in ended[:-1])
+    for before, after in zip(ended, ended[1:], strict=False):
+        assert after.audio_start == before.audio_start + before.audio.size
+        assert before.audio.size <= 2 * RATE
+    assert ended[-1].audio_start + ended[-1].audio.size >= int(7.0 * RATE)

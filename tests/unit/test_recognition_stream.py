@@ -288,3 +288,38 @@ async def test_a_finals_latency_counts_from_the_arrival_of_the_chunk_that_ended_
     await task
     finals = [u.payload for u in updates if isinstance(u.payload, Result)]
     assert [f.processing_latency_ms for f in finals] == [held_s * 1000, held_s * 1000]
+
+
+async def test_later_utterances_are_decoded_with_the_text_before_them() -> None:
+    recognizer = ScriptedRecognizer()
+    audio = pattern(
+        ("silence", 0.5), ("speech", 1.0), ("silence", 1.0), ("speech", 1.0), ("silence", 1.0),
+        ("speech", 1.0), ("silence", 0.2),
+    )  # fmt: skip
+    updates = await run_stream(audio, options(interim_results=True), recognizer)
+    finals = [
+        u.payload.alternatives[0].text
+        for u in updates
+        if isinstance(u.payload, Result) and u.payload.is_final
+    ]
+    assert len(finals) == 3
+    contexts = [r.context for r in recognizer.requests]
+    # First utterance: nothing before it; then each one (its partials too) carries what was said.
+    assert contexts[0] == ""
+    assert finals[0] in contexts
+    assert f"{finals[0]} {finals[1]}" in contexts
+    assert set(contexts) == {"", finals[0], f"{finals[0]} {finals[1]}"}
+
+
+async def test_a_long_pause_starts_a_new_context() -> None:
+    recognizer = ScriptedRecognizer()
+    audio = pattern(("speech", 1.0), ("silence", 3.0), ("speech", 1.0), ("silence", 0.2))
+    updates: list[StreamUpdate] = []
+
+    async def emit(update: StreamUpdate) -> None:
+        updates.append(update)
+
+    limits = RecognitionLimits(context_gap_s=2.0)
+    stream = RecognitionStream(StreamStart(options()), recognizer, lambda a: EnergyVad(), limits, emit)
+    await stream.run(feed(audio))
+    assert [r.context for r in recognizer.requests] == ["", ""]

@@ -115,6 +115,10 @@ class WindowRequest:
     options: DecodeOptions
     # Words already committed: the decoder must continue from them.
     prefix: str = ""
+    # What the stream (or clip) said before this utterance: Whisper's previous-text context, so a
+    # sentence split by a pause decodes like one. Dropped by the recognizer when it makes the
+    # decoder loop.
+    context: str = ""
     # Set by the recognizer: a final is trimmed of words echoed into the padding.
     final: bool = False
 

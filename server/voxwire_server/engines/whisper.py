@@ -28,12 +28,13 @@ _M_MMAP_THRESHOLD = -3
 _SAMPLE_RATE_HZ = 16000
 # Short windows: the audio plus at least this much silence (exact-length windows fall into loops),
 # at least MIN_WINDOW_S long, rounded up to a multiple of WINDOW_STEP_S so that windows of different
-# streams can share a batch and a batched window decodes exactly as it would alone. On the 66
-# speech-dev clips under 10 s, 8 s windows gave 5.4 % WER against 6.5 % for 30 s windows at ~1/5 of
-# the cost (5.0 % once echoes into the padding are trimmed, see ECHO_MARGIN_S); 2 s windows repeated
-# short utterances into the padding (11.9 %).
+# streams can share a batch. Measured on the clips <= 29 s of both dev sets (Recognize, word errors,
+# speech-dev / speech-dev-2; offline faster-whisper on 30 s windows: 46 / 160): 8 s windows 55 / 175,
+# 12 s 52 / 163, 16 s 55 / 159, 8 s with 3 s of padding 53 / 174, 30 s 72 / 164 (one 26 s clip
+# broke). 12 s is the shortest that is about as good as 30 s on both, at ~2/5 of its encoder cost.
+# 2 s windows repeated short utterances into the padding.
 WINDOW_PAD_S = 1.0
-MIN_WINDOW_S = 8.0
+MIN_WINDOW_S = 12.0
 WINDOW_STEP_S = 2.0
 MAX_WINDOW_S = 30.0
 # Guards on the fast path (temperature 0, no fallback).
@@ -56,6 +57,10 @@ DOUBT_CONFIDENCE = 0.75
 DOUBT_NO_SPEECH = 0.2
 DOUBT_WORDS_PER_S = 1.2
 _PUNCTUATION = set(".,!?;:…\"'”“’‘)]}")
+# Previous-text context is cut to one of these lengths (in tokens; shorter texts are kept whole) so
+# that streams with different histories still share batches: CTranslate2 needs the start-of-transcript
+# token at the same position in every prompt of a batch.
+_CONTEXT_LENGTHS = (8, 16, 32, 64, 128, 223)
 
 
 def tune_allocator() -> None:
@@ -104,6 +109,19 @@ class _LoadedModel:
         self.multilingual = bool(self.whisper.model.is_multilingual)
         self.max_length = int(self.whisper.max_length)
         self._tokenizers: dict[str, tuple[Any, list[int]]] = {}
+        self._texts: dict[tuple[str, str], list[int]] = {}
+
+    def text_tokens(self, language: str, text: str) -> list[int]:
+        """The tokens of " text" (remembered: a stream's context is tokenized once per decode)."""
+        key = (language, text)
+        tokens = self._texts.get(key)
+        if tokens is None:
+            tokenizer, _ = self.tokenizer(language)
+            tokens = list(tokenizer.encode(" " + text))
+            if len(self._texts) >= 2048:
+                self._texts.clear()
+            self._texts[key] = tokens
+        return tokens
 
     def encode(self, features: npt.NDArray[np.float32]) -> Any:
         """Encoder output for a batch of feature windows.
@@ -168,7 +186,10 @@ class WhisperRecognizer:
         max_batch_wait_ms: float = 10.0,
         max_partial_batch: int = 1,
         workers: int = 1,
+        context_tokens: int = 64,
     ) -> None:
+        """context_tokens: at most this many tokens of previous text condition a decode (0: none)."""
+
         def load(path: str, name: str) -> _LoadedModel:
             return _LoadedModel(
                 path, name, device=device, compute_type=compute_type, cpu_threads=cpu_threads, workers=workers
@@ -182,13 +203,14 @@ class WhisperRecognizer:
         if self._accurate is not self._fast:
             self.model_name += f" + {self._accurate.name} (accurate tier)"
         self._beam = {Tier.FAST: 1, Tier.ACCURATE: accurate_beam_size}
+        self._context_limit = max(0, context_tokens)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
         # Windows from every stream go through one batching queue: the decoder gains from batches,
         # the encoder does not (see _LoadedModel.encode), so throughput beyond one core's batches
         # comes from more workers on more cores.
         self._batches: BatchWorker[WindowRequest, WindowResult] = BatchWorker(
             self._decode_windows,
-            key=self._batch_key,
+            key=self.batch_key,
             max_batch=max_batch,
             max_wait_s=max_batch_wait_ms / 1000,
             name="asr-batch",
@@ -231,15 +253,16 @@ class WhisperRecognizer:
     def batching(self) -> BatchWorker[WindowRequest, WindowResult]:
         return self._batches
 
-    def _batch_key(self, request: WindowRequest) -> tuple[Tier, int, tuple[int, ...], int, str]:
+    def batch_key(self, request: WindowRequest) -> tuple[Tier, int, int, int, str]:
         # One batch shares one beam setting, one token cap and one window length (so batched output
-        # equals unbatched output), and one conditioning context: the hotword and prompt tokens
-        # themselves, so one stream's context never reaches another stream's decode.
+        # equals unbatched output), and one length of conditioning context (CTranslate2 needs the
+        # start of the transcript at the same position in every prompt). Each prompt is built from
+        # its own request, so one stream's context never reaches another stream's decode.
         options = request.options
         return (
             options.tier,
             self._hypotheses(options),
-            tuple(self._context_tokens(self._model(options.tier), options)),
+            len(self._context_tokens(self._model(options.tier), request)),
             self._window(request.audio, options.tier),
             options.language,
         )
@@ -247,13 +270,25 @@ class WhisperRecognizer:
     def _hypotheses(self, options: DecodeOptions) -> int:
         return max(1, min(options.max_alternatives, 5))
 
-    def _context_tokens(self, model: _LoadedModel, options: DecodeOptions) -> list[int]:
+    def _context_tokens(self, model: _LoadedModel, request: WindowRequest) -> list[int]:
+        """Whisper's previous-text prompt: the request's hotwords and prompt, then the end of what
+        was said before (at most context_tokens of it, cut to one of _CONTEXT_LENGTHS)."""
+        options = request.options
+        room = model.max_length // 2 - 1
         text = " ".join([*options.hotwords, options.prompt]).strip()
-        if not text:
+        own = model.text_tokens(options.language, text)[-room:] if text else []
+        before = request.context.strip()
+        previous: list[int] = []
+        if before and self._context_limit:
+            previous = model.text_tokens(options.language, before)
+            keep = min(len(previous), room - len(own), self._context_limit)
+            if keep >= _CONTEXT_LENGTHS[0]:
+                keep = max(n for n in _CONTEXT_LENGTHS if n <= keep)
+            previous = previous[len(previous) - keep :] if keep > 0 else []
+        if not own and not previous:
             return []
         tokenizer, _ = model.tokenizer(options.language)
-        tokens: list[int] = tokenizer.encode(" " + text)
-        return [tokenizer.sot_prev, *tokens[-(model.max_length // 2 - 1) :]]
+        return [tokenizer.sot_prev, *own, *previous]
 
     def _window(self, audio: npt.NDArray[np.float32], tier: Tier) -> int:
         """Window length in samples for this audio on this tier."""
@@ -265,12 +300,19 @@ class WhisperRecognizer:
 
     def _decode_windows(self, requests: list[WindowRequest]) -> list[WindowResult]:
         """Runs on a batching worker: the windows encoded (one at a time on the CPU), one generate for
-        the batch, then Silero's speech check for the answers that look like they may not be speech."""
+        the batch, a second decode without the previous text for any that looped with it, then
+        Silero's speech check for the answers that look like they may not be speech."""
+        results = self._decode_speech(requests)
+        for i, (request, result) in enumerate(zip(requests, results, strict=True)):
+            if request.context and _looped(result):
+                log.debug("decoded again without the previous text: it looped (%s)", result.rejected)
+                again = self._decode_speech([replace(request, context="")])[0]
+                results[i] = result if _looped(again) else again
         return [
             WindowResult((), rejected="no_speech", no_speech_prob=result.no_speech_prob)
             if _doubtful(result, request) and _speech_ratio(request.audio) < MIN_SPEECH_RATIO
             else result
-            for request, result in zip(requests, self._decode_speech(requests), strict=True)
+            for request, result in zip(requests, results, strict=True)
         ]
 
     def _decode_speech(self, requests: list[WindowRequest]) -> list[WindowResult]:
@@ -287,18 +329,19 @@ class WhisperRecognizer:
         # Every prompt from its own request: the batch key makes the contexts equal, but a prompt
         # must never depend on which request happens to come first.
         prompts = []
-        for r in requests:
+        contexts = [self._context_tokens(model, r) for r in requests]
+        for r, context in zip(requests, contexts, strict=True):
             prompt = [
-                *self._context_tokens(model, r.options),
+                *context,
                 *tokenizer.sot_sequence,
                 tokenizer.no_timestamps,
             ]
             if r.prefix.strip():
-                prompt.extend(tokenizer.encode(" " + r.prefix.strip()))
+                prompt.extend(model.text_tokens(options.language, r.prefix.strip()))
             prompts.append(prompt)
         # The cap (prompt, committed prefix and new text) depends only on the batch key, so a window
         # decodes the same in any batch.
-        head = len(self._context_tokens(model, options)) + len(tokenizer.sot_sequence) + 1
+        head = len(contexts[0]) + len(tokenizer.sot_sequence) + 1
         cap = min(model.max_length, head + int(TOKENS_PER_S * window / _SAMPLE_RATE_HZ) + EXTRA_TOKENS)
         hypotheses = self._hypotheses(options)
         beam = max(hypotheses, self._beam[options.tier])
@@ -321,7 +364,7 @@ class WhisperRecognizer:
         wants_words = [
             i
             for i, r in enumerate(requests)
-            if r.options.word_timestamps or (r.final and _repeats(tokenizer.decode(best[i])))
+            if r.options.word_timestamps or (r.final and _may_echo(tokenizer.decode(best[i])))
         ]
         alignments: dict[int, list[dict[str, Any]]] = {}
         if wants_words:
@@ -400,6 +443,13 @@ def _segment(s: Any) -> Segment:
     )
 
 
+def _looped(result: WindowResult) -> bool:
+    """Whether the decoder fell into a loop: rejected for repetition, or repeating itself."""
+    if result.rejected == "repetition":
+        return True
+    return bool(result.alternatives) and _repeats(result.alternatives[0].text, 4)
+
+
 def _compression_ratio(text: str) -> float:
     """How well the text compresses: repetition loops compress far better than speech."""
     if not text:
@@ -459,11 +509,26 @@ def _spoken(aligned: list[dict[str, Any]], until_s: float) -> list[dict[str, Any
     return kept
 
 
+def _plain_words(text: str) -> list[str]:
+    return [w.strip(".,!?;:\"'").lower() for w in text.split()]
+
+
 def _repeats(text: str, n: int = 3) -> bool:
-    """Whether some run of n words occurs twice (echoes into the padding repeat earlier words)."""
-    words = [w.strip(".,!?;:\"'").lower() for w in text.split()]
+    """Whether some run of n words occurs twice."""
+    words = _plain_words(text)
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return len(set(grams)) < len(grams)
+
+
+def _may_echo(text: str) -> bool:
+    """Whether a final may end in an echo of itself in the padding ("as an example of fine
+    typography, a fine typography"): some run of 3 words occurs twice, or its last two words
+    occurred together before."""
+    if _repeats(text):
+        return True
+    words = _plain_words(text)
+    tail = words[-2:]
+    return len(words) >= 4 and any(words[i : i + 2] == tail for i in range(len(words) - 3))
 
 
 _HOP = 160  # samples per feature frame

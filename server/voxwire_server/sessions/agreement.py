@@ -1,4 +1,6 @@
-"""LocalAgreement-2: commit the words two consecutive hypotheses of a growing utterance agree on."""
+"""LocalAgreement-2: commit the words two consecutive hypotheses of a growing utterance agree on,
+except the newest hypothesis's last words: they lie at the edge of the audio heard so far, where a
+word may still be cut off ("And so am I" before "my fellow Americans" has been heard)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,15 @@ def _norm(word: str) -> str:
     return _STRIP.sub("", word.lower())
 
 
+# Words at the end of the newest hypothesis never committed.
+HOLD_BACK_WORDS = 2
+
+
 class LocalAgreement:
     """Committed words only ever grow; a partial is the committed words plus the newest tail."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold_back: int = HOLD_BACK_WORDS) -> None:
+        self._hold_back = hold_back
         self.committed: list[str] = []
         self._previous: list[str] = []
 
@@ -34,6 +41,7 @@ class LocalAgreement:
             if _norm(a) != _norm(b):
                 break
             agreed += 1
+        agreed = min(agreed, len(current) - self._hold_back)
         if agreed > len(self.committed):
             self.committed = current[:agreed]
         self._previous = current

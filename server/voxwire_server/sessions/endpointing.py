@@ -14,6 +14,13 @@ from voxwire_server.engines.base import VoiceActivityDetector
 
 # Trailing audio kept after the last voiced frame: word endings fade below the VAD threshold.
 _TAIL_MS = 300
+# An utterance that reaches max_utterance_s is cut at the quietest point of its last CUT_SEARCH_S
+# (between two words, not through one); the audio after the cut starts the next utterance.
+CUT_SEARCH_S = 3.0
+# Quietness is the energy of a run of this many frames (a pause, not one soft frame); frames the VAD
+# calls unvoiced count at a quarter of their energy.
+_QUIET_FRAMES = 3
+_UNVOICED_WEIGHT = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +37,7 @@ class UtteranceEnded:
     # Offset of audio[0] in the stream, and of the end of the last voiced frame.
     audio_start: int
     speech_end: int
-    # True when max_utterance_s cut it rather than silence.
+    # True when max_utterance_s cut it rather than silence (the next utterance starts at the cut).
     forced: bool
 
 
@@ -39,7 +46,9 @@ EndpointEvent = SpeechStarted | UtteranceEnded
 
 class Endpointer:
     """Speech starts after min_speech_ms of consecutive voiced frames (pre-roll kept); it ends after
-    silence_ms of consecutive unvoiced frames, or when it reaches max_utterance_s."""
+    silence_ms of consecutive unvoiced frames, or when it reaches max_utterance_s: then it is cut at
+    the quietest point of its last CUT_SEARCH_S and the rest goes on as the next utterance, so no
+    word is split between two utterances and no audio is dropped."""
 
     def __init__(self, vad: VoiceActivityDetector, config: Endpointing) -> None:
         self._vad = vad
@@ -48,6 +57,7 @@ class Endpointer:
         self._end_frames = max(1, -(-config.silence_ms // vad.frame_ms))
         self._tail_frames = -(-_TAIL_MS // vad.frame_ms)
         self._max_frames = int(config.max_utterance_s * 1000) // vad.frame_ms
+        self._search_frames = min(self._max_frames // 2, int(CUT_SEARCH_S * 1000) // vad.frame_ms)
         pre_roll_frames = config.pre_roll_ms // vad.frame_ms
         self._ring: collections.deque[npt.NDArray[np.int16]] = collections.deque(
             maxlen=pre_roll_frames + self._start_frames
@@ -58,6 +68,8 @@ class Endpointer:
         self._speaking = False
         self._voiced_run = 0
         self._frames: list[npt.NDArray[np.int16]] = []
+        # Per frame of the utterance: its energy, weighted down where the VAD heard no speech.
+        self._loudness: list[float] = []
         self._audio_start = 0
         self._last_voiced_end = 0
         self._silence_run = 0
@@ -111,6 +123,7 @@ class Endpointer:
                 return []
             self._speaking = True
             self._frames = list(self._ring)
+            self._loudness = [_energy(f) for f in self._frames]
             self._ring.clear()
             self._audio_start = self._position - sum(f.size for f in self._frames)
             self._last_voiced_end = self._position
@@ -118,6 +131,7 @@ class Endpointer:
             speech_start = frame_start - (self._start_frames - 1) * self._frame
             return [SpeechStarted(self._utterance_index, max(speech_start, self._audio_start))]
         self._frames.append(frame)
+        self._loudness.append(_energy(frame) * (1.0 if voiced else _UNVOICED_WEIGHT))
         if voiced:
             self._silence_run = 0
             self._last_voiced_end = self._position
@@ -126,24 +140,54 @@ class Endpointer:
         if self._silence_run >= self._end_frames:
             return [self._end(forced=False, keep_all=False)]
         if len(self._frames) >= self._max_frames:
-            return [self._end(forced=True, keep_all=True)]
+            return self._cut()
         return []
+
+    def _cut(self) -> list[EndpointEvent]:
+        """Ends the utterance at its quietest point near the limit; the rest is the next one."""
+        frames, loudness = self._frames, self._loudness
+        n = len(frames)
+        cut = n
+        if self._search_frames >= _QUIET_FRAMES and len(loudness) == n:
+            runs = np.convolve(np.asarray(loudness), np.ones(_QUIET_FRAMES), mode="valid")
+            first = max(0, n - self._search_frames)
+            # The cut goes after the middle frame of the quietest run (the latest one, among equals).
+            searched = runs[first : n - _QUIET_FRAMES + 1]
+            best = first + searched.size - 1 - int(np.argmin(searched[::-1]))
+            cut = best + _QUIET_FRAMES // 2 + 1
+        rest, rest_loudness = frames[cut:], loudness[cut:]
+        self._frames, self._loudness = frames[:cut], loudness[:cut]
+        ended = self._end(forced=True, keep_all=True)
+        if not rest:
+            return [ended]
+        self._speaking = True
+        self._frames, self._loudness = rest, rest_loudness
+        self._audio_start = ended.audio_start + ended.audio.size
+        self._last_voiced_end = self._position
+        return [ended, SpeechStarted(self._utterance_index, self._audio_start)]
 
     def _end(self, *, forced: bool, keep_all: bool) -> UtteranceEnded:
         frames = self._frames
         if not keep_all:
             trailing = min(self._silence_run, len(frames))
             frames = frames[: len(frames) - max(0, trailing - self._tail_frames)]
+        audio = np.concatenate(frames)
         event = UtteranceEnded(
             utterance_index=self._utterance_index,
-            audio=np.concatenate(frames),
+            audio=audio,
             audio_start=self._audio_start,
-            speech_end=self._last_voiced_end if not forced else self._position,
+            speech_end=self._last_voiced_end if not forced else self._audio_start + audio.size,
             forced=forced,
         )
         self._utterance_index += 1
         self._speaking = False
         self._voiced_run = 0
         self._frames = []
+        self._loudness = []
         self._silence_run = 0
         return event
+
+
+def _energy(frame: npt.NDArray[np.int16]) -> float:
+    samples = frame.astype(np.float32)
+    return float(np.dot(samples, samples)) / max(1, frame.size)

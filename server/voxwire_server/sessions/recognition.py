@@ -70,10 +70,62 @@ class RecognitionLimits:
     # ... unless more than this many finals are waiting for the decoder.
     escalation_max_waiting: int = 0
     on_escalation: Callable[[], None] | None = None
+    # A stream's earlier finals condition its next utterance (Whisper's previous text) unless the
+    # pause before it is longer than this: a new topic, not a sentence split by a pause.
+    context_gap_s: float = 10.0
 
 
 def _ms(samples: int) -> int:
     return samples * 1000 // ASR_SAMPLE_RATE_HZ
+
+
+# The end of what was said before is enough: the recognizer keeps at most its last ~64 tokens.
+_CONTEXT_CHARS = 1000
+
+
+class PreviousText:
+    """What a stream (or clip) said so far: the previous-text context of its next utterance, kept
+    while the pauses between utterances are at most ``gap_s``."""
+
+    def __init__(self, gap_s: float) -> None:
+        self._gap = round(gap_s * ASR_SAMPLE_RATE_HZ)
+        self._text = ""
+        self._end = 0
+
+    def before(self, start: int) -> str:
+        """The context of an utterance (or of the part of it heard so far) starting at ``start``."""
+        return self._text if self._text and start - self._end <= self._gap else ""
+
+    def add(self, text: str, start: int, end: int) -> None:
+        """The final of the utterance from ``start`` to ``end``."""
+        self._text = f"{self.before(start)} {text.strip()}".strip()[-_CONTEXT_CHARS:]
+        self._end = end
+
+
+class Utterances:
+    """Decodes the utterances of one stream (or clip) in order, each with the text before it as
+    context."""
+
+    def __init__(
+        self, recognizer: SpeechRecognizer, options: DecodeOptions, limits: RecognitionLimits
+    ) -> None:
+        self._recognizer = recognizer
+        self._options = options
+        self._limits = limits
+        self._previous = PreviousText(limits.context_gap_s)
+
+    def context(self, start: int) -> str:
+        """The previous text of an utterance (or of the part heard so far) starting at ``start``."""
+        return self._previous.before(start)
+
+    async def final(self, event: UtteranceEnded) -> tuple[WindowResult, Tier]:
+        """The utterance's final and the tier that decoded it."""
+        start, end = event.audio_start, event.audio_start + event.audio.size
+        request = WindowRequest(pcm16_to_float(event.audio), self._options, context=self.context(start))
+        decoded, tier = await decode_final(self._recognizer, request, self._limits)
+        if decoded.alternatives:
+            self._previous.add(decoded.alternatives[0].text, start, end)
+        return decoded, tier
 
 
 def check_options(recognizer: SpeechRecognizer, options: RecognitionOptions) -> None:
@@ -143,9 +195,9 @@ async def recognize_clip(
     endpointer = Endpointer(vad_factory(options.endpointing.vad_aggressiveness), options.endpointing)
     # Up to 29 s of audio through the endpointer: work for a thread, not the event loop.
     utterances = await asyncio.to_thread(_utterances, endpointer, samples)
-    decoded = await asyncio.gather(
-        *(decode_final(recognizer, pcm16_to_float(u.audio), options.decode, limits) for u in utterances)
-    )
+    # One after another: each utterance is decoded with what was said before it.
+    decoder = Utterances(recognizer, options.decode, limits)
+    decoded = [await decoder.final(u) for u in utterances]
     latency_ms = (time.perf_counter() - started) * 1000
     results = [
         _result(
@@ -225,6 +277,7 @@ class RecognitionStream:
         self._last_partial_at = 0
         self._partial_interval = limits.partial_interval_ms * ASR_SAMPLE_RATE_HZ // 1000
         self._agreement = LocalAgreement()
+        self._utterances = Utterances(recognizer, options.decode, limits)
         self._clock = clock
 
     async def run(self, inputs: AsyncIterator[StreamInput]) -> None:
@@ -295,14 +348,14 @@ class RecognitionStream:
         # The final decodes freely and replaces the partials: committed words steady the partials,
         # but forcing them on the final cost accuracy.
         self._agreement.reset()
-        audio = pcm16_to_float(event.audio)
-        decoded, tier = await decode_final(self._recognizer, audio, self._options.decode, self._limits)
-        self._committed_ms = _ms(event.audio_start + event.audio.size)
+        decoded, tier = await self._utterances.final(event)
+        end = event.audio_start + event.audio.size
+        self._committed_ms = _ms(end)
         if decoded.alternatives:
             result = _result(
                 decoded,
                 offset_samples=event.audio_start,
-                end_samples=event.audio_start + event.audio.size,
+                end_samples=end,
                 index=event.utterance_index,
                 tier=tier,
                 latency_ms=(self._clock() - arrived) * 1000,
@@ -327,7 +380,12 @@ class RecognitionStream:
     async def _run_partial(self, audio: npt.NDArray[np.int16], start: int, index: int) -> None:
         started = self._clock()
         options = replace(self._options.decode, tier=Tier.FAST, word_timestamps=False, max_alternatives=1)
-        request = WindowRequest(pcm16_to_float(audio), options, prefix=self._agreement.prefix)
+        request = WindowRequest(
+            pcm16_to_float(audio),
+            options,
+            prefix=self._agreement.prefix,
+            context=self._utterances.context(start),
+        )
         deadline = time.monotonic() + self._limits.partial_interval_ms / 1000
         try:
             decoded = await self._recognizer.decode(request, final=False, deadline=deadline)
@@ -361,15 +419,13 @@ class RecognitionStream:
 
 
 async def decode_final(
-    recognizer: SpeechRecognizer,
-    audio: npt.NDArray[np.float32],
-    options: DecodeOptions,
-    limits: RecognitionLimits,
+    recognizer: SpeechRecognizer, request: WindowRequest, limits: RecognitionLimits
 ) -> tuple[WindowResult, Tier]:
     """Decodes an utterance; a fast-tier answer under the confidence threshold is re-decoded on the
     accurate tier, unless other finals are already waiting for the decoder (escalation spends spare
     capacity; it must not make other streams fall behind)."""
-    decoded = await recognizer.decode(WindowRequest(audio, options), final=True, deadline=time.monotonic())
+    options = request.options
+    decoded = await recognizer.decode(request, final=True, deadline=time.monotonic())
     confidence = decoded.alternatives[0].confidence if decoded.alternatives else 1.0
     if (
         options.tier is Tier.FAST
@@ -378,7 +434,7 @@ async def decode_final(
     ):
         accurate = replace(options, tier=Tier.ACCURATE)
         second = await recognizer.decode(
-            WindowRequest(audio, accurate), final=True, deadline=time.monotonic()
+            replace(request, options=accurate), final=True, deadline=time.monotonic()
         )
         if limits.on_escalation is not None:
             limits.on_escalation()

@@ -1,0 +1,82 @@
+"""The window decoder's text guards and previous-text context, without the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from voxwire_server.domain import Alternative, DecodeOptions
+from voxwire_server.engines.base import WindowRequest, WindowResult
+from voxwire_server.engines.whisper import WhisperRecognizer, _looped, _may_echo
+
+SOT_PREV = 50360
+
+
+class _Tokenizer:
+    sot_prev = SOT_PREV
+
+
+class _Model:
+    """One token per word: lengths are easy to count."""
+
+    max_length = 448
+
+    def text_tokens(self, language: str, text: str) -> list[int]:
+        return [len(w) for w in text.split()]
+
+    def tokenizer(self, language: str) -> tuple[Any, list[int]]:
+        return _Tokenizer(), []
+
+
+def _recognizer(context_tokens: int) -> WhisperRecognizer:
+    # Only the context logic is exercised: no model is loaded.
+    recognizer = WhisperRecognizer.__new__(WhisperRecognizer)
+    recognizer._context_limit = context_tokens
+    return recognizer
+
+
+def _context(recognizer: WhisperRecognizer, words: int, **options: Any) -> list[int]:
+    request = WindowRequest(
+        np.zeros(16000, np.float32), DecodeOptions(**options), context=" ".join(["w"] * words)
+    )
+    return recognizer._context_tokens(_Model(), request)  # type: ignore[arg-type]
+
+
+def test_an_echo_into_the_padding_is_suspected() -> None:
+    assert _may_echo(
+        "And it is worth mention in passing that as an example of fine typography, a fine typography"
+    )
+    assert _may_echo("turn on the lights turn on the lights")
+    assert not _may_echo("And it is worth mention in passing that as an example of fine typography.")
+    assert not _may_echo("yes yes")
+
+
+def test_a_loop_is_a_rejected_repetition_or_a_repeated_run_of_four_words() -> None:
+    assert _looped(WindowResult((), rejected="repetition"))
+    assert _looped(WindowResult((Alternative("I will go there and I will go there and I will go", 0.5),)))
+    assert not _looped(WindowResult((Alternative("I will go there and then I will go home", 0.9),)))
+    assert not _looped(WindowResult((), rejected="no_speech"))
+
+
+def test_previous_text_is_cut_to_a_few_lengths_so_streams_share_batches() -> None:
+    recognizer = _recognizer(64)
+    assert _context(recognizer, 0) == []
+    # Short histories are kept whole; longer ones are cut to the largest length that fits.
+    assert len(_context(recognizer, 5)) == 1 + 5
+    assert len(_context(recognizer, 20)) == 1 + 16
+    assert len(_context(recognizer, 63)) == 1 + 32
+    assert len(_context(recognizer, 500)) == 1 + 64
+    assert _context(recognizer, 5)[0] == SOT_PREV
+
+
+def test_hotwords_come_first_and_the_history_fills_the_rest() -> None:
+    recognizer = _recognizer(64)
+    tokens = _context(recognizer, 40, hotwords=("Whittemore",), prompt="a b c")
+    assert tokens[:5] == [SOT_PREV, len("Whittemore"), 1, 1, 1]
+    assert len(tokens) == 1 + 4 + 32
+
+
+def test_no_history_when_context_is_off() -> None:
+    assert _context(_recognizer(0), 40) == []
+    assert len(_context(_recognizer(0), 40, prompt="hello there")) == 3
