@@ -41,6 +41,7 @@ proto: $(STAMP) ## Regenerate client/voxwire/v1 from protos/
 	scripts/gen-proto.sh client
 
 bench: $(STAMP) ## Run the benchmarks (loopback only, bounded)
+	$(PY) benchmarks/asr_accuracy.py
 	$(PY) benchmarks/recognize_latency.py
 	$(PY) benchmarks/asr_load.py
 	$(PY) benchmarks/batch_scaling.py

@@ -88,6 +88,7 @@ def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthe
         max_partial_batch=config.max_partial_batch,
         workers=config.effective_asr_workers,
         context_tokens=config.asr_context_tokens,
+        min_window_s=config.asr_min_window_s,
     )
     synthesizer = HibariSynthesizer(
         config.tts_voice, threads=config.tts_threads, workers=config.effective_tts_workers

@@ -63,6 +63,9 @@ class ServerConfig:
     asr_context_tokens: int = _opt(
         64, "tokens of a stream's earlier finals that condition its next utterance (0 = none, at most 223)"
     )
+    asr_min_window_s: float = _opt(
+        12.0, "shortest decoding window of the fast tier, in seconds (2..30; audio + 1 s, in 2 s steps)"
+    )
     context_gap_s: float = _opt(
         10.0, "a pause longer than this between utterances starts a new context (nothing said before)"
     )
@@ -191,6 +194,8 @@ class ServerConfig:
             raise ConfigError("max_utterance_s must be at most 29 (the Whisper window, less padding)")
         if not 0 <= self.asr_context_tokens <= 223:
             raise ConfigError(f"asr_context_tokens must be 0..223, got {self.asr_context_tokens}")
+        if not 2 <= self.asr_min_window_s <= 30:
+            raise ConfigError(f"asr_min_window_s must be 2..30, got {self.asr_min_window_s}")
         if self.context_gap_s < 0:
             raise ConfigError(f"context_gap_s must be 0 or more, got {self.context_gap_s}")
         if not 0 <= self.escalation_confidence <= 1:

@@ -31,6 +31,7 @@ def test_flags_win_over_environment() -> None:
         (["--escalation-confidence", "2"], "escalation_confidence must be 0..1"),
         (["--asr-context-tokens", "300"], "asr_context_tokens must be 0..223"),
         (["--context-gap-s", "-1"], "context_gap_s must be 0 or more"),
+        (["--asr-min-window-s", "1"], "asr_min_window_s must be 2..30"),
         (["--asr-model", "/does/not/exist"], "not a CTranslate2 model directory"),
         (["--asr-default-tier", "huge"], "fast or accurate"),
         (["--max-streams", "0"], "max_streams must be positive"),

@@ -35,6 +35,8 @@ _SAMPLE_RATE_HZ = 16000
 # 2 s windows repeated short utterances into the padding.
 WINDOW_PAD_S = 1.0
 MIN_WINDOW_S = 12.0
+# Partials use the same windows: on 8 s windows, 4.9 % of the words partials committed on
+# speech-dev-2 differed from the final, on 12 s windows 3.0 %.
 WINDOW_STEP_S = 2.0
 MAX_WINDOW_S = 30.0
 # Guards on the fast path (temperature 0, no fallback).
@@ -187,8 +189,10 @@ class WhisperRecognizer:
         max_partial_batch: int = 1,
         workers: int = 1,
         context_tokens: int = 64,
+        min_window_s: float = MIN_WINDOW_S,
     ) -> None:
-        """context_tokens: at most this many tokens of previous text condition a decode (0: none)."""
+        """context_tokens: at most this many tokens of previous text condition a decode (0: none);
+        min_window_s: the shortest window of the fast tier."""
 
         def load(path: str, name: str) -> _LoadedModel:
             return _LoadedModel(
@@ -204,6 +208,7 @@ class WhisperRecognizer:
             self.model_name += f" + {self._accurate.name} (accurate tier)"
         self._beam = {Tier.FAST: 1, Tier.ACCURATE: accurate_beam_size}
         self._context_limit = max(0, context_tokens)
+        self._min_window_s = min(MAX_WINDOW_S, max(2.0, min_window_s))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
         # Windows from every stream go through one batching queue: the decoder gains from batches,
         # the encoder does not (see _LoadedModel.encode), so throughput beyond one core's batches
@@ -263,7 +268,7 @@ class WhisperRecognizer:
             options.tier,
             self._hypotheses(options),
             len(self._context_tokens(self._model(options.tier), request)),
-            self._window(request.audio, options.tier),
+            self._window(request),
             options.language,
         )
 
@@ -290,11 +295,11 @@ class WhisperRecognizer:
         tokenizer, _ = model.tokenizer(options.language)
         return [tokenizer.sot_prev, *own, *previous]
 
-    def _window(self, audio: npt.NDArray[np.float32], tier: Tier) -> int:
-        """Window length in samples for this audio on this tier."""
-        if tier is Tier.ACCURATE:
+    def _window(self, request: WindowRequest) -> int:
+        """Window length in samples for this request's audio on its tier."""
+        if request.options.tier is Tier.ACCURATE:
             return int(MAX_WINDOW_S * _SAMPLE_RATE_HZ)
-        needed = max(MIN_WINDOW_S, audio.size / _SAMPLE_RATE_HZ + WINDOW_PAD_S)
+        needed = max(self._min_window_s, request.audio.size / _SAMPLE_RATE_HZ + WINDOW_PAD_S)
         seconds = min(MAX_WINDOW_S, math.ceil(needed / WINDOW_STEP_S) * WINDOW_STEP_S)
         return int(seconds * _SAMPLE_RATE_HZ)
 
@@ -319,7 +324,7 @@ class WhisperRecognizer:
         options = requests[0].options
         model = self._model(options.tier)
         tokenizer, suppress = model.tokenizer(options.language)
-        window = max(self._window(r.audio, r.options.tier) for r in requests)
+        window = max(self._window(r) for r in requests)
         keep = window - int(WINDOW_PAD_S * _SAMPLE_RATE_HZ)
         features = np.stack(
             [_features(model.whisper.feature_extractor, r.audio[:keep], window) for r in requests]
