@@ -46,6 +46,7 @@ bench: $(STAMP) ## Run the benchmarks (loopback only, bounded)
 	$(PY) benchmarks/asr_load.py
 	$(PY) benchmarks/batch_scaling.py
 	$(PY) benchmarks/tts_load.py
+	$(PY) benchmarks/soak.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterable, Mapping
 from types import ModuleType
 
+import grpc
+
 from voxwire.audio import AudioFile, encoding_for_path, pcm_duration_s, read_audio_file
 from voxwire.types import (
     Alternative,
@@ -25,7 +27,9 @@ from voxwire.types import (
     SynthesisCacheStatus,
     SynthesisChunk,
     SynthesisResult,
+    Tls,
     Transcript,
+    UtteranceEnd,
     Voice,
     Word,
 )
@@ -75,6 +79,13 @@ _SYNTH_CACHE_FROM_PB: dict[synthesizer_pb2.SynthesisCacheStatus.ValueType, Synth
     synthesizer_pb2.SYNTHESIS_CACHE_STATUS_HIT: SynthesisCacheStatus.HIT,
     synthesizer_pb2.SYNTHESIS_CACHE_STATUS_STITCHED: SynthesisCacheStatus.STITCHED,
 }
+_END_FROM_PB: dict[recognizer_pb2.UtteranceEnd.ValueType, UtteranceEnd] = {
+    recognizer_pb2.UTTERANCE_END_SILENCE: UtteranceEnd.SILENCE,
+    recognizer_pb2.UTTERANCE_END_MAX_DURATION: UtteranceEnd.MAX_DURATION,
+    recognizer_pb2.UTTERANCE_END_END_OF_AUDIO: UtteranceEnd.END_OF_AUDIO,
+    recognizer_pb2.UTTERANCE_END_STREAM_LIMIT: UtteranceEnd.STREAM_LIMIT,
+    recognizer_pb2.UTTERANCE_END_SHUTDOWN: UtteranceEnd.SHUTDOWN,
+}
 _EVENT_FROM_PB: dict[recognizer_pb2.SpeechEvent.Type.ValueType, SpeechEventType] = {
     recognizer_pb2.SpeechEvent.SPEECH_STARTED: SpeechEventType.SPEECH_STARTED,
     recognizer_pb2.SpeechEvent.END_OF_UTTERANCE: SpeechEventType.END_OF_UTTERANCE,
@@ -84,11 +95,30 @@ _EVENT_FROM_PB: dict[recognizer_pb2.SpeechEvent.Type.ValueType, SpeechEventType]
 END_OF_AUDIO = recognizer_pb2.StreamingRecognizeRequest(end_of_audio=recognizer_pb2.EndOfAudio())
 
 
-def channel_options(extra: Iterable[tuple[str, int | str]]) -> list[tuple[str, int | str]]:
+def channel_options(
+    extra: Iterable[tuple[str, int | str]], tls: Tls | None = None
+) -> list[tuple[str, int | str]]:
     """The default options with the caller's on top (one value per key)."""
     options = dict(DEFAULT_CHANNEL_OPTIONS)
+    if tls is not None and tls.server_name:
+        options["grpc.ssl_target_name_override"] = tls.server_name
     options.update(extra)
     return list(options.items())
+
+
+def channel_credentials(tls: Tls) -> grpc.ChannelCredentials:
+    if (tls.certificate_chain is None) != (tls.private_key is None):
+        raise ValueError("Tls: certificate_chain and private_key go together (mutual TLS)")
+    return grpc.ssl_channel_credentials(tls.root_certificates, tls.private_key, tls.certificate_chain)
+
+
+def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata every call carries: the API key as a bearer token."""
+    if not api_key:
+        return ()
+    if api_key != api_key.strip() or any(c in api_key for c in "\r\n"):
+        raise ValueError("api_key must not contain spaces at its ends or line breaks")
+    return (("authorization", f"Bearer {api_key}"),)
 
 
 def encoding_to_pb(encoding: AudioEncoding | None) -> common_pb2.AudioEncoding.ValueType:
@@ -157,6 +187,7 @@ def result_from_pb(pb: recognizer_pb2.RecognitionResult) -> RecognitionResult:
         cache_status=_CACHE_STATUS_FROM_PB.get(pb.cache_status, CacheStatus.NONE),
         model_tier=_TIER_FROM_PB.get(pb.model_tier, ModelTier.DEFAULT),
         processing_latency_ms=pb.processing_latency_ms,
+        end=_END_FROM_PB.get(pb.end, UtteranceEnd.UNSPECIFIED),
     )
 
 

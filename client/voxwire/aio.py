@@ -24,6 +24,7 @@ from voxwire.types import (
     StreamUpdate,
     SynthesisChunk,
     SynthesisResult,
+    Tls,
     Transcript,
     Voice,
 )
@@ -71,6 +72,10 @@ class AsyncClient:
         channel_options: extra gRPC channel options, e.g. ``[("grpc.keepalive_time_ms", 10000)]``;
             requests have no size limit here (the server answers OUT_OF_RANGE beyond its own) and
             replies may be up to 256 MiB.
+        api_key: the API key, sent with every call as ``authorization: Bearer <key>`` (a server
+            with authentication on refuses calls without one: UNAUTHENTICATED).
+        tls: connect over TLS (:class:`voxwire.Tls`; ``Tls()`` trusts the system's roots); None
+            connects in plaintext.
     """
 
     def __init__(
@@ -79,10 +84,14 @@ class AsyncClient:
         *,
         timeout_s: float | None = None,
         channel_options: Sequence[tuple[str, int | str]] = (),
+        api_key: str | None = None,
+        tls: Tls | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._options = _convert.channel_options(channel_options)
+        self._options = _convert.channel_options(channel_options, tls)
+        self._credentials = _convert.channel_credentials(tls) if tls is not None else None
+        self._metadata = _convert.auth_metadata(api_key)
         self._channel: grpc.aio.Channel | None = None
         self._stubs: _Stubs | None = None
         self._closed = False
@@ -107,7 +116,10 @@ class AsyncClient:
         if self._closed:
             raise RuntimeError("the client is closed")
         if self._stubs is None:
-            channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            else:
+                channel = grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
             self._channel, self._stubs = channel, _Stubs(channel)
         return self._stubs
 
@@ -145,7 +157,9 @@ class AsyncClient:
             config=_convert.recognition_config_to_pb(full_config), audio=af.data
         )
         try:
-            response = await self._recognizer().Recognize(request, timeout=self._deadline(timeout_s))
+            response = await self._recognizer().Recognize(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return _convert.transcript_from_pb(response)
@@ -209,7 +223,7 @@ class AsyncClient:
         else:
             audio = _chunks(source)
         head = _convert.stream_head(config or RecognitionConfig(), stream_id, resume_token)
-        call = self._recognizer().StreamingRecognize(None, timeout=timeout_s)
+        call = self._recognizer().StreamingRecognize(None, timeout=timeout_s, metadata=self._metadata)
         status = _AioStreamStatus()
         call.add_done_callback(status)
         writer = asyncio.create_task(_write_requests(call, head, audio))
@@ -289,7 +303,9 @@ class AsyncClient:
             request_id=request_id,
         )
         try:
-            response = await self._synthesizer().Synthesize(request, timeout=self._deadline(timeout_s))
+            response = await self._synthesizer().Synthesize(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return _convert.synthesis_result_from_pb(response, encoding)
@@ -340,7 +356,7 @@ class AsyncClient:
     async def _synthesize_stream(
         self, request: synthesizer_pb2.SynthesizeRequest, encoding: AudioEncoding, timeout_s: float | None
     ) -> AsyncGenerator[SynthesisChunk, None]:
-        call = self._synthesizer().SynthesizeStream(request, timeout=timeout_s)
+        call = self._synthesizer().SynthesizeStream(request, timeout=timeout_s, metadata=self._metadata)
         try:
             async for chunk in call:
                 yield _convert.synthesis_chunk_from_pb(chunk, encoding)
@@ -353,7 +369,9 @@ class AsyncClient:
         """The voices the server offers, optionally only those whose language starts with ``language``."""
         request = synthesizer_pb2.ListVoicesRequest(language=language)
         try:
-            response = await self._synthesizer().ListVoices(request, timeout=self._deadline(timeout_s))
+            response = await self._synthesizer().ListVoices(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return _convert.voices_from_pb(response)
@@ -365,7 +383,9 @@ class AsyncClient:
         :class:`~voxwire.errors.UnimplementedError` until tenants come from credentials."""
         request = cache_admin_pb2.GetStatsRequest(tenant_id=tenant_id)
         try:
-            response = await self._admin().GetStats(request, timeout=self._deadline(timeout_s))
+            response = await self._admin().GetStats(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return _convert.stats_from_pb(response)
@@ -374,7 +394,9 @@ class AsyncClient:
         """Removes every cache entry of one user of one tenant; returns how many entries went."""
         request = cache_admin_pb2.PurgeUserRequest(tenant_id=tenant_id, user_id=user_id)
         try:
-            response = await self._admin().PurgeUser(request, timeout=self._deadline(timeout_s))
+            response = await self._admin().PurgeUser(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return response.entries_removed
@@ -397,7 +419,9 @@ class AsyncClient:
         """
         request = _convert.warmup_request(phrases, templates, voice, speaking_rate, encoding, sample_rate_hz)
         try:
-            response = await self._admin().Warmup(request, timeout=self._deadline(timeout_s))
+            response = await self._admin().Warmup(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return response.phrases_cached, response.templates_cached
@@ -425,7 +449,9 @@ class AsyncClient:
         af, _ = await asyncio.to_thread(_convert.load_audio, audio, config)
         request = _convert.correction_request(af, corrected_transcript, tenant_id, user_id, request_id)
         try:
-            response = await self._admin().SubmitCorrection(request, timeout=self._deadline(timeout_s))
+            response = await self._admin().SubmitCorrection(
+                request, timeout=self._deadline(timeout_s), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return response.accepted
@@ -440,7 +466,9 @@ class AsyncClient:
         stub = health_pb2_grpc.HealthStub(self._open().channel)
         try:
             response = await stub.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=self._deadline(timeout_s)
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=self._deadline(timeout_s),
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:

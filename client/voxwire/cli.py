@@ -32,6 +32,7 @@ from voxwire.types import (
     RecognitionConfig,
     SpeechEventType,
     StreamUpdate,
+    Tls,
 )
 
 __all__ = ["main"]
@@ -62,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.timeout = None
     handler: Handler = args.handler
     try:
-        with Client(args.server, timeout_s=args.timeout) as client:
+        api_key, tls = _credentials(args)
+        with Client(args.server, timeout_s=args.timeout, api_key=api_key, tls=tls) as client:
             return handler(client, args)
     except UnavailableError as exc:
         _error(f"{exc.code}: {exc.details or 'server unavailable'} (server {args.server}){_hint(exc)}")
@@ -89,6 +91,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug here must still not greet the user with a traceback
         _error(f"unexpected {type(exc).__name__}: {exc}")
         return 2
+
+
+def _credentials(args: argparse.Namespace) -> tuple[str | None, Tls | None]:
+    """The API key (from --api-key-file or $VOXWIRE_API_KEY) and TLS settings of the command."""
+    api_key: str | None = os.environ.get("VOXWIRE_API_KEY") or None
+    if hasattr(args, "api_key_file"):
+        with open(args.api_key_file, encoding="utf-8") as f:
+            api_key = f.read().strip()
+        if not api_key:
+            raise ValueError(f"{args.api_key_file}: the API key file is empty")
+    files = {name: getattr(args, name, None) for name in ("tls_ca", "tls_cert", "tls_key")}
+    server_name = getattr(args, "tls_server_name", None)
+    if not (hasattr(args, "tls") or server_name or any(files.values())):
+        return api_key, None
+    if bool(files["tls_cert"]) != bool(files["tls_key"]):
+        raise ValueError("--tls-cert and --tls-key go together")
+    return api_key, Tls.from_files(
+        files["tls_ca"], files["tls_cert"], files["tls_key"], server_name=server_name
+    )
 
 
 def _hint(exc: UnavailableError) -> str:
@@ -131,6 +152,28 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="deadline of each unary call",
     )
+    common.add_argument(
+        "--api-key-file",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="file holding the API key (default: $VOXWIRE_API_KEY; a key on the command line would "
+        "show in the process list)",
+    )
+    common.add_argument(
+        "--tls", action="store_true", default=argparse.SUPPRESS, help="connect over TLS (system roots)"
+    )
+    for flag, what in (
+        ("--tls-ca", "PEM CA bundle that signed the server's certificate (implies --tls)"),
+        ("--tls-cert", "PEM client certificate, for mutual TLS (implies --tls; needs --tls-key)"),
+        ("--tls-key", "PEM private key of --tls-cert"),
+        ("--tls-server-name", "name to check the server's certificate against (implies --tls)"),
+    ):
+        common.add_argument(
+            flag,
+            default=argparse.SUPPRESS,
+            metavar="FILE" if flag != "--tls-server-name" else "NAME",
+            help=what,
+        )
     parser = _Parser(prog="voxwire", description="Client of a voxwire speech server.", parents=[common])
     parser.add_argument("--version", action="version", version=f"voxwire {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -21,6 +21,7 @@ from voxwire.types import (
     StreamUpdate,
     SynthesisChunk,
     SynthesisResult,
+    Tls,
     Transcript,
     Voice,
 )
@@ -60,6 +61,10 @@ class Client:
         channel_options: extra gRPC channel options, e.g. ``[("grpc.keepalive_time_ms", 10000)]``;
             requests have no size limit here (the server answers OUT_OF_RANGE beyond its own) and
             replies may be up to 256 MiB.
+        api_key: the API key, sent with every call as ``authorization: Bearer <key>`` (a server
+            with authentication on refuses calls without one: UNAUTHENTICATED).
+        tls: connect over TLS (:class:`voxwire.Tls`; ``Tls()`` trusts the system's roots); None
+            connects in plaintext.
     """
 
     def __init__(
@@ -68,10 +73,17 @@ class Client:
         *,
         timeout_s: float | None = None,
         channel_options: Sequence[tuple[str, int | str]] = (),
+        api_key: str | None = None,
+        tls: Tls | None = None,
     ) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target, options=_convert.channel_options(channel_options))
+        options = _convert.channel_options(channel_options, tls)
+        if tls is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, _convert.channel_credentials(tls), options=options)
+        self._metadata = _convert.auth_metadata(api_key)
         self._recognizer = recognizer_pb2_grpc.RecognizerStub(self._channel)
         self._synthesizer = synthesizer_pb2_grpc.SynthesizerStub(self._channel)
         self._admin = cache_admin_pb2_grpc.CacheAdminStub(self._channel)
@@ -122,7 +134,7 @@ class Client:
             config=_convert.recognition_config_to_pb(full_config), audio=af.data
         )
         try:
-            response = self._recognizer.Recognize(request, timeout=deadline)
+            response = self._recognizer.Recognize(request, timeout=deadline, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return _convert.transcript_from_pb(response)
@@ -180,7 +192,7 @@ class Client:
         failures: list[Exception] = []
         calls: list[_Cancellable] = []
         requests = _requests(head, audio, failures, lambda: calls and calls[0].cancel())
-        call = self._recognizer.StreamingRecognize(requests, timeout=timeout_s)
+        call = self._recognizer.StreamingRecognize(requests, timeout=timeout_s, metadata=self._metadata)
         calls.append(cast(_Cancellable, call))
         try:
             for response in call:
@@ -245,7 +257,7 @@ class Client:
             request_id=request_id,
         )
         try:
-            response = self._synthesizer.Synthesize(request, timeout=deadline)
+            response = self._synthesizer.Synthesize(request, timeout=deadline, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return _convert.synthesis_result_from_pb(response, encoding)
@@ -297,7 +309,7 @@ class Client:
     def _synthesize_stream(
         self, request: synthesizer_pb2.SynthesizeRequest, encoding: AudioEncoding, timeout_s: float | None
     ) -> Generator[SynthesisChunk, None, None]:
-        call = self._synthesizer.SynthesizeStream(request, timeout=timeout_s)
+        call = self._synthesizer.SynthesizeStream(request, timeout=timeout_s, metadata=self._metadata)
         try:
             for chunk in call:
                 yield _convert.synthesis_chunk_from_pb(chunk, encoding)
@@ -311,7 +323,9 @@ class Client:
         deadline = self._deadline(timeout_s)
         try:
             response = self._synthesizer.ListVoices(
-                synthesizer_pb2.ListVoicesRequest(language=language), timeout=deadline
+                synthesizer_pb2.ListVoicesRequest(language=language),
+                timeout=deadline,
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
@@ -325,7 +339,9 @@ class Client:
         deadline = self._deadline(timeout_s)
         try:
             response = self._admin.GetStats(
-                cache_admin_pb2.GetStatsRequest(tenant_id=tenant_id), timeout=deadline
+                cache_admin_pb2.GetStatsRequest(tenant_id=tenant_id),
+                timeout=deadline,
+                metadata=self._metadata,
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
@@ -336,7 +352,7 @@ class Client:
         deadline = self._deadline(timeout_s)
         request = cache_admin_pb2.PurgeUserRequest(tenant_id=tenant_id, user_id=user_id)
         try:
-            response = self._admin.PurgeUser(request, timeout=deadline)
+            response = self._admin.PurgeUser(request, timeout=deadline, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return response.entries_removed
@@ -360,7 +376,7 @@ class Client:
         deadline = self._deadline(timeout_s)
         request = _convert.warmup_request(phrases, templates, voice, speaking_rate, encoding, sample_rate_hz)
         try:
-            response = self._admin.Warmup(request, timeout=deadline)
+            response = self._admin.Warmup(request, timeout=deadline, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return response.phrases_cached, response.templates_cached
@@ -390,7 +406,7 @@ class Client:
         )
         request = _convert.correction_request(af, corrected_transcript, tenant_id, user_id, request_id)
         try:
-            response = self._admin.SubmitCorrection(request, timeout=deadline)
+            response = self._admin.SubmitCorrection(request, timeout=deadline, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return response.accepted
@@ -405,7 +421,9 @@ class Client:
         health_pb2, health_pb2_grpc = _convert.health_modules()
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
-            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=deadline)
+            response = stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=deadline, metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return "SERVICE_UNKNOWN"

@@ -7,7 +7,7 @@ are lower-case strings, so ``json.dumps(dataclasses.asdict(result))`` works.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "Alternative",
@@ -26,7 +26,9 @@ __all__ = [
     "SynthesisCacheStatus",
     "SynthesisChunk",
     "SynthesisResult",
+    "Tls",
     "Transcript",
+    "UtteranceEnd",
     "Voice",
     "Word",
 ]
@@ -86,6 +88,24 @@ class SynthesisCacheStatus(enum.StrEnum):
     HIT = "hit"
     STITCHED = "stitched"
     """A cached template prefix spliced with freshly synthesized entities."""
+
+
+class UtteranceEnd(enum.StrEnum):
+    """Why a final came when it did (:attr:`RecognitionResult.end`)."""
+
+    UNSPECIFIED = "unspecified"
+    """Partial results, and finals of servers that do not say."""
+    SILENCE = "silence"
+    """Trailing silence (the endpointer)."""
+    MAX_DURATION = "max_duration"
+    """Speech reached ``max_utterance_s`` and was cut at its quietest point."""
+    END_OF_AUDIO = "end_of_audio"
+    """The end of the audio: ``end_of_audio`` on a stream, the end of a clip."""
+    STREAM_LIMIT = "stream_limit"
+    """A stream limit stopped the stream (an ``OutOfRangeError`` follows)."""
+    SHUTDOWN = "shutdown"
+    """The server is shutting down: what was heard is final; an ``UnavailableError`` follows
+    (reconnect, to another replica)."""
 
 
 class SpeechEventType(enum.StrEnum):
@@ -188,6 +208,8 @@ class RecognitionResult:
     cache_status: CacheStatus
     model_tier: ModelTier
     processing_latency_ms: float
+    end: UtteranceEnd = UtteranceEnd.UNSPECIFIED
+    """Finals: why the utterance ended there."""
 
     @property
     def transcript(self) -> str:
@@ -306,3 +328,42 @@ class ServerStats:
     server_version: str
     asr_model: str
     tts_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """TLS for the connection to the server.
+
+    Args:
+        root_certificates: PEM CA bundle that signed the server's certificate; None uses the
+            system's roots.
+        certificate_chain: PEM certificate of this client, for a server that asks for one
+            (mutual TLS); goes with ``private_key``.
+        private_key: PEM private key of ``certificate_chain``.
+        server_name: the name to check the server's certificate against, when it differs from
+            the host in the target (e.g. connecting by IP address).
+    """
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
+    server_name: str | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        *,
+        server_name: str | None = None,
+    ) -> Tls:
+        """Reads the PEM files named (None: not used)."""
+
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return cls(read(ca), read(cert), read(key), server_name)

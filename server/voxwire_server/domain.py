@@ -106,6 +106,16 @@ class Result:
     tier: Tier
     processing_latency_ms: float
     stability: float = 1.0
+    # Finals: why the utterance ended (None on partials).
+    end: UtteranceEnd | None = None
+
+
+class UtteranceEnd(enum.Enum):
+    SILENCE = "silence"
+    MAX_DURATION = "max_duration"
+    END_OF_AUDIO = "end_of_audio"
+    STREAM_LIMIT = "stream_limit"
+    SHUTDOWN = "shutdown"
 
 
 class SpeechEventType(enum.Enum):

@@ -2,6 +2,8 @@
 
 VoxwireError
 ├── InvalidInput            bad audio, bad config, bad text            → INVALID_ARGUMENT
+├── Unauthenticated         no, unknown or malformed credentials       → UNAUTHENTICATED
+├── PermissionDenied        valid credentials, not allowed this        → PERMISSION_DENIED
 ├── NotFound                unknown voice, model or stream             → NOT_FOUND
 ├── PreconditionFailed      valid request the server cannot serve now  → FAILED_PRECONDITION
 ├── StreamAbandoned         request stream closed without end_of_audio → ABORTED
@@ -16,6 +18,18 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+# Caller text quoted in an error message is cut to this many characters: an error must not echo a
+# 20 KB field back into a trailer (where it could even exceed the metadata limit).
+QUOTE_CHARS = 60
+
+
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """repr() of caller text for an error message, cut to `limit` characters with a marker."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        return repr(text[:limit]) + f"... ({len(text)} characters)"
+    return repr(text)
+
 
 class VoxwireError(Exception):
     """Base class; the message is safe to send to the client, unless the class sets client_message."""
@@ -26,6 +40,14 @@ class VoxwireError(Exception):
 
 
 class InvalidInput(VoxwireError):
+    pass
+
+
+class Unauthenticated(VoxwireError):
+    pass
+
+
+class PermissionDenied(VoxwireError):
     pass
 
 

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
-_LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
+from voxwire_server.domain import Result, SpeechEvent, SpeechEventType, StreamUpdate
+from voxwire_server.engines.batching import FINAL, PARTIAL, BatchWorker
+
+# What a user waits for: fine steps around the ~100 ms targets, then up to minutes, so an overloaded
+# server's latencies land in a bucket instead of all in +Inf.
+_LATENCY_BUCKETS_S = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8,
+    1, 1.6, 2.5, 5, 10, 30, 60, 120, 300,
+)  # fmt: skip
+# Time a window waits for a decoder worker: from a millisecond (idle) to minutes (a backlog).
+_QUEUE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+_KINDS = {FINAL: "final", PARTIAL: "partial"}
+# Whole calls: a stream or a long clip can take minutes.
+LONG_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
 @dataclass
@@ -21,11 +46,66 @@ class Telemetry:
 
     def __post_init__(self) -> None:
         r = self.registry
+        # Process RSS, CPU seconds, open fds; the Python version; garbage collections.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.rpc_requests = Counter(
+            "voxwire_rpc_requests",
+            "calls by method and the status code they ended with",
+            ["method", "code"],
+            registry=r,
+        )
+        self.rpc_duration = Histogram(
+            "voxwire_rpc_duration_seconds",
+            "time from a call's start to its status, by method",
+            ["method"],
+            buckets=LONG_BUCKETS_S,
+            registry=r,
+        )
         self.streams = Gauge("voxwire_active_streams", "recognition streams in progress", registry=r)
         self.final_latency = Histogram(
             "voxwire_asr_final_latency_seconds",
             "time from the arrival of the audio that ended an utterance to its final result",
             buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.first_partial_latency = Histogram(
+            "voxwire_asr_first_partial_latency_seconds",
+            "time from an utterance's SPEECH_STARTED event to its first interim result",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.recognize_latency = Histogram(
+            "voxwire_asr_recognize_latency_seconds",
+            "time from a Recognize request to its response (answered calls)",
+            buckets=LONG_BUCKETS_S,
+            registry=r,
+        )
+        self.synthesize_latency = Histogram(
+            "voxwire_tts_synthesize_latency_seconds",
+            "time from a Synthesize request to its response (answered calls)",
+            buckets=LONG_BUCKETS_S,
+            registry=r,
+        )
+        self.decoder_queue_wait = Histogram(
+            "voxwire_asr_decoder_queue_wait_seconds",
+            "time a window waited from its submission to the start of its batch, by kind",
+            ["kind"],
+            buckets=_QUEUE_BUCKETS_S,
+            registry=r,
+        )
+        self.decoder_batch_size = Histogram(
+            "voxwire_asr_decoder_batch_size",
+            "windows decoded together in one batch, by kind",
+            ["kind"],
+            buckets=_BATCH_SIZES,
+            registry=r,
+        )
+        self.decoder_queue_depth = Gauge(
+            "voxwire_asr_decoder_queue_depth",
+            "windows waiting for a decoder worker, by kind (read at scrape time)",
+            ["kind"],
             registry=r,
         )
         self.escalations = Counter(
@@ -50,6 +130,26 @@ class Telemetry:
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
+        # Admission, load shedding and stream limits (sessions/admission.py, sessions/recognition.py).
+        self.admission_refused = Counter(
+            "voxwire_admission_refused",
+            "streams and calls refused with RESOURCE_EXHAUSTED, by what was refused "
+            "(stream, recognize, synthesize, warmup) and why (delay, streams, ramp, concurrency, rate)",
+            ["rpc", "reason"],
+            registry=r,
+        )
+        self.asr_shed = Counter(
+            "voxwire_asr_shed",
+            "recognition work skipped because the decoder was behind, by kind (partial, escalation)",
+            ["kind"],
+            registry=r,
+        )
+        self.stream_limits = Counter(
+            "voxwire_asr_stream_limits",
+            "streams ended with OUT_OF_RANGE by a stream limit (idle, duration, audio)",
+            ["limit"],
+            registry=r,
+        )
 
     @property
     def uptime_s(self) -> float:
@@ -63,3 +163,43 @@ class Telemetry:
     def stream_closed(self) -> None:
         self.active_streams -= 1
         self.streams.dec()
+
+    def watch_decoder(self, worker: BatchWorker[Any, Any]) -> None:
+        """Queue depth at scrape time; queue wait and batch size as each batch starts."""
+        for priority, kind in _KINDS.items():
+            self.decoder_queue_depth.labels(kind).set_function(functools.partial(worker.pending_at, priority))
+
+        def on_batch(priority: int, waited_s: list[float]) -> None:
+            kind = _KINDS.get(priority, str(priority))
+            wait = self.decoder_queue_wait.labels(kind)
+            for seconds in waited_s:
+                wait.observe(seconds)
+            self.decoder_batch_size.labels(kind).observe(len(waited_s))
+
+        worker.on_batch = on_batch
+
+    def stream_latencies(self, clock: Callable[[], float] = time.perf_counter) -> StreamLatencies:
+        """An observer of one recognition stream's updates (one per stream)."""
+        return StreamLatencies(self, clock)
+
+
+class StreamLatencies:
+    """Observes a stream's final latencies (measured by the session) and each utterance's first
+    partial, timed here from the SPEECH_STARTED event the stream sent before it."""
+
+    def __init__(self, telemetry: Telemetry, clock: Callable[[], float]) -> None:
+        self._t = telemetry
+        self._clock = clock
+        self._speech_started: dict[int, float] = {}
+
+    def __call__(self, update: StreamUpdate) -> None:
+        payload = update.payload
+        if isinstance(payload, SpeechEvent):
+            if payload.type is SpeechEventType.SPEECH_STARTED:
+                self._speech_started[payload.utterance_index] = self._clock()
+        elif isinstance(payload, Result):
+            started = self._speech_started.pop(payload.utterance_index, None)
+            if payload.is_final:
+                self._t.final_latency.observe(payload.processing_latency_ms / 1000)
+            elif started is not None:
+                self._t.first_partial_latency.observe(self._clock() - started)

@@ -76,16 +76,19 @@ def _decoded(data: bytes, encoding: AudioEncoding, rate: int) -> tuple[float, in
 def test_each_format_decodes_back_to_its_rate_and_duration(
     client: Client, encoding: AudioEncoding, rate: int
 ) -> None:
-    # Fresh audio, a cached replay and a stream must all decode to what the response says.
+    # Fresh audio, a cached replay and a stream must all decode to what the response says (a user's:
+    # a request without a user id has no personal cache tier).
     for policy in (CachePolicy.BYPASS, CachePolicy.USE, CachePolicy.USE):
-        whole = client.synthesize(TEXT, encoding=encoding, sample_rate_hz=rate, cache_policy=policy)
+        whole = client.synthesize(
+            TEXT, encoding=encoding, sample_rate_hz=rate, cache_policy=policy, user_id="u1"
+        )
         seconds, decoded_rate = _decoded(whole.audio, encoding, rate)
         assert decoded_rate == rate == whole.sample_rate_hz
         assert abs(seconds * 1000 - whole.audio_duration_ms) <= (
             40 if encoding is AudioEncoding.OGG_OPUS else 2
         )
         assert 2.0 < seconds < 6.0
-    chunks = list(client.synthesize_stream(TEXT, encoding=encoding, sample_rate_hz=rate))
+    chunks = list(client.synthesize_stream(TEXT, encoding=encoding, sample_rate_hz=rate, user_id="u1"))
     assert {c.cache_status for c in chunks} == {SynthesisCacheStatus.HIT}
     seconds, decoded_rate = _decoded(b"".join(c.audio for c in chunks), encoding, rate)
     assert decoded_rate == rate

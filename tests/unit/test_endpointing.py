@@ -4,7 +4,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from voxwire_server.domain import Endpointing
+from voxwire_server.domain import Endpointing, UtteranceEnd
 from voxwire_server.sessions.endpointing import Endpointer, SpeechStarted, UtteranceEnded
 
 RATE = 16000
@@ -49,7 +49,7 @@ def test_two_utterances_with_offsets_and_pre_roll(frame_ms: int) -> None:
     assert abs(first_start.speech_start - RATE) <= 480  # within a frame of the true onset
     assert first_end.audio_start <= RATE - int(0.25 * RATE)  # pre-roll kept before the onset
     assert abs(first_end.speech_end - 2 * RATE) <= 480
-    assert not first_end.forced
+    assert not first_end.forced and first_end.end is UtteranceEnd.SILENCE
     assert [e.utterance_index for e in events] == [0, 0, 1, 1]  # type: ignore[attr-defined]
     second = events[3]
     assert isinstance(second, UtteranceEnded)
@@ -66,7 +66,7 @@ def test_max_utterance_cuts_long_speech() -> None:
     events = run(Endpointer(EnergyVad(), Endpointing(max_utterance_s=1.5)), audio)
     ended = [e for e in events if isinstance(e, UtteranceEnded)]
     assert len(ended) >= 2
-    assert ended[0].forced
+    assert ended[0].forced and ended[0].end is UtteranceEnd.MAX_DURATION
     assert ended[0].audio.size <= int(1.5 * RATE) + 480
     # Nothing is lost across the cut: the pieces cover the speech.
     assert sum(e.audio.size for e in ended) >= int(3.4 * RATE)
@@ -77,6 +77,7 @@ def test_end_of_audio_closes_the_open_utterance() -> None:
     events = run(Endpointer(EnergyVad(), Endpointing()), audio, chunk=333)
     assert isinstance(events[-1], UtteranceEnded)
     assert events[-1].audio_start + events[-1].audio.size == audio.size
+    assert events[-1].end is UtteranceEnd.END_OF_AUDIO
 
 
 def test_a_forced_cut_falls_in_the_quietest_pause_before_the_limit() -> None:

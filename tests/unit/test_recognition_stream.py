@@ -51,6 +51,9 @@ class ScriptedRecognizer:
             raise InvalidInput(f"language {language!r} is not supported")
         return language
 
+    def check_conditioning(self, options: DecodeOptions) -> None:
+        pass
+
     async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
         raise AssertionError("streams decode utterances on windows")
 

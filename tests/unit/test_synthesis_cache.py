@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from voxwire_server.caches.envelope import OVERHEAD_BYTES, Sealer, SealError, derive_key, key_id
 from voxwire_server.caches.synthesis import (
     SECRET_KEY,
     SECRET_REFRESH_S,
@@ -455,7 +456,7 @@ async def test_stats_rows_count_entries_bytes_hits_and_misses(setup: Setup) -> N
             "durations_ms": list(audio.durations_ms),
             "sample_rate_hz": audio.sample_rate_hz,
         }
-        return len(pack(value))
+        return len(pack(value)) + OVERHEAD_BYTES  # stored sealed
 
     assert await setup.cache.stats() == [
         TierStats("tts.phrase.global", entries=1, hits=0, misses=1, bytes=size(AUDIO)),
@@ -466,7 +467,7 @@ async def test_stats_rows_count_entries_bytes_hits_and_misses(setup: Setup) -> N
             entries=1,
             hits=1,
             misses=1,
-            bytes=len(pack({"lead": None, "prefix": None})),
+            bytes=len(pack({"lead": None, "prefix": None})) + OVERHEAD_BYTES,
         ),
     ]
 
@@ -477,3 +478,146 @@ async def test_a_cache_without_a_lookup_callback_still_counts() -> None:
     assert await cache.get_phrase(KEY, ALICE) == AUDIO
     assert rows(await cache.stats())["tts.phrase.personal"] == (1, 1, 0)
     assert cache.store.name == "memory"
+
+
+# -- requests without a user id --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anonymous", [RequestContext(), RequestContext(tenant_id="acme")])
+async def test_a_request_without_a_user_id_neither_reads_nor_writes_a_personal_tier(
+    setup: Setup, anonymous: RequestContext
+) -> None:
+    assert await setup.cache.put_phrase(KEY, anonymous, AUDIO) is False
+    assert await setup.cache.put_prefix(PREFIX_KEY, anonymous, {"lead": None, "prefix": None}) is False
+    assert setup.store.keys == []
+    assert await setup.cache.get_phrase(KEY, anonymous) is None
+    assert await setup.cache.get_prefix(PREFIX_KEY, anonymous) is None
+    # Only the global tier was looked up: anonymous requests share no tier of their own.
+    assert setup.lookups == [("tts.phrase.global", "miss"), ("tts.prefix.global", "miss")]
+    await setup.cache.put_phrase(KEY, None, AUDIO)
+    assert await setup.cache.get_phrase(KEY, anonymous) == AUDIO
+
+
+# -- values at rest --------------------------------------------------------------------------------
+
+VALUE_KEY = bytes(range(32))
+NEW_VALUE_KEY = bytes(range(100, 132))
+
+
+async def raw_values(store: RecordingStore) -> dict[str, bytes]:
+    found = {key: await store.get(key) for key in dict.fromkeys(store.keys)}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+async def test_values_are_sealed_under_the_given_key_and_hold_nothing_in_the_clear() -> None:
+    store = RecordingStore(FakeClock())
+    cache = SynthesisCache(store, personal_ttl_s=TTL_S, key_secret=SECRET, value_key=VALUE_KEY)
+    lead = np.linspace(-1, 1, 4096, dtype=np.float32)
+    words = ["kˈʌmɪŋ", "ˈʌp", "nˈɛkst"]
+    pcm = bytes(range(256)) * 16
+    await cache.put_phrase(KEY, ALICE, CachedAudio((pcm,), (85,), 24000))
+    await cache.put_prefix(PREFIX_KEY, ALICE, {"lead": lead, "prefix": {"words": words}})
+    values = await raw_values(store)
+    assert len(values) == 2
+    for store_key, value in values.items():
+        plain, current = Sealer(VALUE_KEY).open(value, store_key)
+        assert current and value[2:10] == key_id(VALUE_KEY)
+        assert pcm[:64] not in value and lead.tobytes()[:64] not in value
+        assert all(word.encode() not in value for word in words)
+        assert b"alice" not in value and b"acme" not in value and b"words" not in value
+    found = await cache.get_prefix(PREFIX_KEY, ALICE)
+    assert found is not None and found["prefix"] == {"words": words}
+    np.testing.assert_array_equal(found["lead"], lead)
+
+
+async def test_without_a_value_key_values_are_sealed_under_one_derived_from_the_key_secret() -> None:
+    store = RecordingStore(FakeClock())
+    await SynthesisCache(store, personal_ttl_s=TTL_S, key_secret=SECRET).put_phrase(KEY, ALICE, AUDIO)
+    ((store_key, value),) = (await raw_values(store)).items()
+    Sealer(derive_key(SECRET)).open(value, store_key)  # raises when it is not
+    with pytest.raises(SealError):
+        Sealer(SECRET).open(value, store_key)  # derived, not the HMAC secret itself
+    # A generated secret (kept in the store) derives the value key just the same.
+    generated = RecordingStore(FakeClock())
+    await SynthesisCache(generated, personal_ttl_s=TTL_S).put_phrase(KEY, ALICE, AUDIO)
+    secret = await generated.get(SECRET_KEY)
+    assert secret is not None
+    ((store_key, value),) = [item for item in (await raw_values(generated)).items() if item[0] != SECRET_KEY]
+    assert value[2:10] == key_id(derive_key(secret))
+
+
+async def test_a_value_moved_to_another_users_key_is_a_miss(setup: Setup) -> None:
+    await setup.cache.put_phrase(KEY, ALICE, AUDIO)
+    await setup.cache.put_phrase(KEY, BOB, OTHER_AUDIO)
+    alice_key, bob_key = setup.store.keys
+    alices = await setup.store.get(alice_key)
+    assert alices is not None
+    await setup.store.set(bob_key, alices)  # as a reader with write access to the store might
+    assert await setup.cache.get_phrase(KEY, BOB) is None  # not alice's audio
+    assert await setup.cache.get_phrase(KEY, ALICE) == AUDIO
+
+
+async def test_a_tampered_value_is_a_logged_miss_and_removed(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    await setup.cache.put_phrase(KEY, ALICE, AUDIO)
+    (key,) = setup.store.keys
+    sealed = await setup.store.get(key)
+    assert sealed is not None
+    await setup.store.set(key, sealed[:-1] + bytes([sealed[-1] ^ 1]))
+    with caplog.at_level("WARNING", logger="voxwire_server.caches.synthesis"):
+        assert await setup.cache.get_phrase(KEY, ALICE) is None
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "does not open" in caplog.text and "NotAuthentic" in caplog.text
+    assert sealed.hex()[:16] not in caplog.text and "alice" not in caplog.text
+    assert await setup.store.get(key) is None
+
+
+async def test_rotation_old_key_reads_new_key_writes_global_entries_resealed_on_a_hit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    store = RecordingStore(clock)
+    old = SynthesisCache(store, personal_ttl_s=TTL_S, key_secret=SECRET, value_key=VALUE_KEY, clock=clock)
+    await old.put_phrase(KEY, ALICE, AUDIO)
+    await old.put_phrase(KEY, None, OTHER_AUDIO)
+    personal_key, global_key = store.keys
+
+    async def sealed_by(store_key: str) -> bytes:
+        value = await store.get(store_key)
+        assert value is not None
+        return value[2:10]
+
+    # Step 2: the new key is current, the old one retired.
+    rotated = SynthesisCache(store, personal_ttl_s=TTL_S, key_secret=SECRET, value_key=NEW_VALUE_KEY,
+                             retired_value_keys=[VALUE_KEY], clock=clock)  # fmt: skip
+    assert await rotated.get_phrase(KEY, ALICE) == AUDIO
+    assert await rotated.get_phrase(KEY, BOB) == OTHER_AUDIO
+    assert await sealed_by(global_key) == key_id(NEW_VALUE_KEY)  # re-sealed on the hit
+    assert await sealed_by(personal_key) == key_id(VALUE_KEY)  # left to expire with its TTL
+    await rotated.put_phrase(KEY, BOB, AUDIO)
+    assert await sealed_by(store.keys[-1]) == key_id(NEW_VALUE_KEY)
+    # The old key alone no longer reads what the new one sealed.
+    assert await old.get_phrase(KEY, BOB) is None
+    # Step 3: the old key dropped. The personal entry under it is a miss, and is kept (a replica
+    # still holding the key may read it); the re-sealed global entry still hits.
+    new_only = SynthesisCache(store, personal_ttl_s=TTL_S, key_secret=SECRET, value_key=NEW_VALUE_KEY,
+                              clock=clock)  # fmt: skip
+    with caplog.at_level("WARNING", logger="voxwire_server.caches.synthesis"):
+        assert await new_only.get_phrase(KEY, ALICE) == OTHER_AUDIO  # personal miss, then global
+    assert "a key this server does not hold" in caplog.text and caplog.records[-1].levelname == "WARNING"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="voxwire_server.caches.synthesis"):
+        assert await new_only.get_phrase(KEY, ALICE) == OTHER_AUDIO
+    assert caplog.records == []  # said once per key id, not on every lookup
+    assert await store.get(personal_key) is not None
+    clock.now_s += TTL_S + 1
+    assert await store.get(personal_key) is None  # expired
+
+
+def test_value_keys_of_the_wrong_length_are_refused() -> None:
+    store = MemoryStore(1 << 16)
+    with pytest.raises(ValueError, match="32 bytes"):
+        SynthesisCache(store, personal_ttl_s=TTL_S, value_key=b"short")
+    with pytest.raises(ValueError, match="32 bytes"):
+        SynthesisCache(store, personal_ttl_s=TTL_S, retired_value_keys=[b"short"])

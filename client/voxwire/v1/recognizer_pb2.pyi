@@ -71,6 +71,42 @@ CACHE_STATUS_NEGATIVE: CacheStatus.ValueType  # 5
 CACHE_STATUS_CORRECTION: CacheStatus.ValueType  # 6
 Global___CacheStatus: _TypeAlias = CacheStatus  # noqa: Y015
 
+class _UtteranceEnd:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UtteranceEndEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UtteranceEnd.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UTTERANCE_END_UNSPECIFIED: _UtteranceEnd.ValueType  # 0
+    """Partial results; finals of servers that do not say."""
+    UTTERANCE_END_SILENCE: _UtteranceEnd.ValueType  # 1
+    """Trailing silence: the endpointer's silence_ms."""
+    UTTERANCE_END_MAX_DURATION: _UtteranceEnd.ValueType  # 2
+    """Speech reached max_utterance_s and was cut at its quietest point; the next utterance starts there."""
+    UTTERANCE_END_END_OF_AUDIO: _UtteranceEnd.ValueType  # 3
+    """The end of the audio: end_of_audio on a stream, the end of a Recognize clip."""
+    UTTERANCE_END_STREAM_LIMIT: _UtteranceEnd.ValueType  # 4
+    """A stream limit (idle timeout, maximum duration or audio) stopped the stream: OUT_OF_RANGE follows."""
+    UTTERANCE_END_SHUTDOWN: _UtteranceEnd.ValueType  # 5
+    """The server is shutting down: what was heard is finalized, then UNAVAILABLE (reconnect elsewhere)."""
+
+class UtteranceEnd(_UtteranceEnd, metaclass=_UtteranceEndEnumTypeWrapper):
+    """Why a final came when it did."""
+
+UTTERANCE_END_UNSPECIFIED: UtteranceEnd.ValueType  # 0
+"""Partial results; finals of servers that do not say."""
+UTTERANCE_END_SILENCE: UtteranceEnd.ValueType  # 1
+"""Trailing silence: the endpointer's silence_ms."""
+UTTERANCE_END_MAX_DURATION: UtteranceEnd.ValueType  # 2
+"""Speech reached max_utterance_s and was cut at its quietest point; the next utterance starts there."""
+UTTERANCE_END_END_OF_AUDIO: UtteranceEnd.ValueType  # 3
+"""The end of the audio: end_of_audio on a stream, the end of a Recognize clip."""
+UTTERANCE_END_STREAM_LIMIT: UtteranceEnd.ValueType  # 4
+"""A stream limit (idle timeout, maximum duration or audio) stopped the stream: OUT_OF_RANGE follows."""
+UTTERANCE_END_SHUTDOWN: UtteranceEnd.ValueType  # 5
+"""The server is shutting down: what was heard is finalized, then UNAVAILABLE (reconnect elsewhere)."""
+Global___UtteranceEnd: _TypeAlias = UtteranceEnd  # noqa: Y015
+
 @_typing.final
 class EndpointingConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -387,6 +423,7 @@ class RecognitionResult(_message.Message):
     CACHE_STATUS_FIELD_NUMBER: _builtins.int
     MODEL_TIER_FIELD_NUMBER: _builtins.int
     PROCESSING_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
     is_final: _builtins.bool
     stability: _builtins.float
     """0..1 estimate that a partial result will not change; 1 for finals."""
@@ -399,6 +436,8 @@ class RecognitionResult(_message.Message):
     """The tier that produced this result."""
     processing_latency_ms: _builtins.float
     """Time from the audio being available to this result being ready."""
+    end: Global___UtteranceEnd.ValueType
+    """Finals: why the utterance ended here."""
     @_builtins.property
     def alternatives(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpeechRecognitionAlternative]: ...
     def __init__(
@@ -413,10 +452,11 @@ class RecognitionResult(_message.Message):
         cache_status: Global___CacheStatus.ValueType = ...,
         model_tier: Global___ModelTier.ValueType = ...,
         processing_latency_ms: _builtins.float = ...,
+        end: Global___UtteranceEnd.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "audio_end_ms", b"audio_end_ms", "audio_start_ms", b"audio_start_ms", "cache_status", b"cache_status", "is_final", b"is_final", "model_tier", b"model_tier", "processing_latency_ms", b"processing_latency_ms", "stability", b"stability", "utterance_index", b"utterance_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "audio_end_ms", b"audio_end_ms", "audio_start_ms", b"audio_start_ms", "cache_status", b"cache_status", "end", b"end", "is_final", b"is_final", "model_tier", b"model_tier", "processing_latency_ms", b"processing_latency_ms", "stability", b"stability", "utterance_index", b"utterance_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,12 +2,18 @@
 
 - global: filled by Warmup, shared by every tenant, no TTL (LFU eviction only);
 - personal: filled by requests, scoped to one tenant's user (owner tag for PurgeUser), with a
-  short TTL.
+  short TTL. A request without a user id has no personal tier: it reads the global one only and
+  stores nothing.
 
-Every key in the store is an HMAC-SHA-256 under a server secret, so what the key names show (in a key
-listing, a slow log, a replica's keyspace) tells neither whose an entry is nor what it holds. A
-secret that is given (--cache-key-secret) also holds against a reader of the store's values; one
-generated when none is given is kept in the store for every process that shares it, so it does not.
+Every key in the store, and every owner tag, is an HMAC-SHA-256 under a server secret, so what the
+key names show (in a key listing, a slow log, a replica's keyspace) tells neither whose an entry is
+nor what it holds. A secret that is given (--cache-key-secret) also holds against a reader of the
+store's values; one generated when none is given is kept in the store for every process that shares
+it, so it does not.
+
+Every value is sealed (envelope.py: AES-256-GCM, bound to its store key) under the value key given
+(--cache-encryption-key), or, without one, under a key derived from the key secret (app.py gives the
+in-process store a random key of its own). A value that does not open is a miss, never an error.
 
 A reply's key covers everything that changes its bytes: the normalised text or SSML, voice,
 speaking rate, encoding, sample rate and the voice model's version. A prefix's key covers the
@@ -25,10 +31,11 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from voxwire_server.caches.envelope import Sealer, SealError, UnknownKey, derive_key
 from voxwire_server.domain import CachePolicy, Encoding, RequestContext
 from voxwire_server.storage import Store, StoreStats, StoreUnavailable, pack, unpack
 from voxwire_server.storage.codec import CodecError
@@ -50,6 +57,8 @@ SECRET_REFRESH_S = 60.0
 # After a failed read, how long requests fail at once (or keep the secret they have) before one
 # tries again: a store that is down costs one timeout a second, not one per waiting request.
 SECRET_RETRY_S = 1.0
+# Unknown key ids remembered so each is logged once (bounded: a writer to the store makes them up).
+_MAX_UNKNOWN_KEY_IDS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +118,22 @@ class SynthesisCache:
         personal_ttl_s: float,
         on_lookup: Callable[[str, str], None] | None = None,
         key_secret: bytes | None = None,
+        value_key: bytes | None = None,
+        retired_value_keys: Sequence[bytes] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """key_secret: the HMAC key of every store key; None generates one, kept in the store."""
+        """key_secret: the HMAC key of every store key; None generates one, kept in the store.
+        value_key: the AES-256-GCM key of every value; None derives one from the key secret.
+        retired_value_keys: open values sealed under them, never seal (key rotation)."""
         if key_secret is not None and len(key_secret) < 16:
             raise ValueError("the cache key secret must be at least 16 bytes")
+        self._retired_value_keys = tuple(retired_value_keys)
+        self._given_sealer = None if value_key is None else Sealer(value_key, self._retired_value_keys)
+        if value_key is None:
+            for old in self._retired_value_keys:
+                Sealer(old)  # checks each key's length now rather than at the first lookup
+        self._derived: tuple[bytes, Sealer] | None = None
+        self._unknown_key_ids: set[bytes] = set()
         self._store = store
         self._personal_ttl_s = personal_ttl_s
         self._on_lookup = on_lookup
@@ -177,10 +197,22 @@ class SynthesisCache:
             stored = self._secret or secrets.token_bytes(SECRET_BYTES)  # a store too small to keep it
         return stored
 
+    async def _sealer(self) -> Sealer:
+        """The value key in use: the one given, or one derived from the key secret in use."""
+        if self._given_sealer is not None:
+            return self._given_sealer
+        secret = await self.key_secret()
+        derived = self._derived
+        if derived is None or derived[0] != secret:
+            derived = self._derived = (secret, Sealer(derive_key(secret), self._retired_value_keys))
+        return derived[1]
+
     async def _store_key(self, kind: str, tier: str, key: str, context: RequestContext | None) -> str:
         secret = await self.key_secret()
-        if tier == GLOBAL or context is None:
+        if tier == GLOBAL:
             return f"{kind}:g:{_keyed(secret, 'global', key)}"
+        if context is None or not context.user_id:
+            raise ValueError("the personal tier needs a user id")
         return f"{kind}:u:{_keyed(secret, 'personal', context.tenant_id, context.user_id, key)}"
 
     async def owner(self, tenant_id: str, user_id: str) -> str:
@@ -198,34 +230,64 @@ class SynthesisCache:
         if context.cache_policy is CachePolicy.BYPASS:
             return None
         # The user's own entries first: a prefix made again from a real reply (after a warmed-up
-        # one failed the joint check) must win over the warmed-up one.
-        for tier in (PERSONAL, GLOBAL):
+        # one failed the joint check) must win over the warmed-up one. Without a user id there is
+        # no personal tier: anonymous requests must not share one.
+        for tier in (PERSONAL, GLOBAL) if context.user_id else (GLOBAL,):
             try:
                 store_key = await self._store_key(kind, tier, key, context)
+                sealer = await self._sealer()
                 data = await self._store.get(store_key)
-                value = unpack(data) if data is not None else None
             except StoreUnavailable as exc:
                 log.warning("synthesis cache unavailable, treating as a miss: %s", exc)
                 return None
-            except CodecError:
-                log.warning("dropping an unreadable %s entry", kind)
-                value = None
-                with contextlib.suppress(StoreUnavailable):
-                    await self._store.delete(store_key)
+            value = None if data is None else await self._open(kind, tier, store_key, data, sealer)
             self._count(kind, tier, hit=value is not None)
             if value is not None:
                 return value
         return None
 
+    async def _open(self, kind: str, tier: str, store_key: str, data: bytes, sealer: Sealer) -> Any | None:
+        """The value, or None (a miss) when it does not open; never logs what it holds."""
+        try:
+            plaintext, current = sealer.open(data, store_key)
+            value = unpack(plaintext)
+        except UnknownKey as exc:
+            # Kept: a replica that holds the key may still read it, and a put here overwrites it.
+            # Said once per key id: until they age out, such entries are found on every lookup.
+            level = logging.DEBUG if exc.key_id in self._unknown_key_ids else logging.WARNING
+            if len(self._unknown_key_ids) < _MAX_UNKNOWN_KEY_IDS:
+                self._unknown_key_ids.add(exc.key_id)
+            log.log(
+                level,
+                "%s entries sealed under a key this server does not hold (key id %s) are misses",
+                kind,
+                exc.key_id.hex(),
+            )
+            return None
+        except (SealError, CodecError) as exc:
+            log.warning("dropping a %s entry that does not open (%s)", kind, type(exc).__name__)
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.delete(store_key)
+            return None
+        if not current and tier == GLOBAL:
+            # Sealed under a retired key: global entries never expire, so they are sealed again
+            # under the current one on a hit (personal ones expire with their TTL instead).
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.set(store_key, sealer.seal(plaintext, store_key))
+        return value
+
     async def _put(self, kind: str, key: str, context: RequestContext | None, value: Any) -> bool:
         """context None: the global tier (Warmup). Returns whether the value was stored."""
-        if context is not None and context.cache_policy is not CachePolicy.USE:
-            return False
+        if context is not None and (context.cache_policy is not CachePolicy.USE or not context.user_id):
+            return False  # no user id: no personal tier to store in
         tier = GLOBAL if context is None else PERSONAL
+        plaintext = pack(value)
         try:
+            store_key = await self._store_key(kind, tier, key, context)
+            sealer = await self._sealer()
             await self._store.set(
-                await self._store_key(kind, tier, key, context),
-                pack(value),
+                store_key,
+                sealer.seal(plaintext, store_key),
                 ttl_s=None if context is None else self._personal_ttl_s,
                 owner="" if context is None else await self.owner(context.tenant_id, context.user_id),
             )

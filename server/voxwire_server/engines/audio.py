@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -14,16 +16,22 @@ import numpy.typing as npt
 from voxwire_server.config import INPUT_SAMPLE_RATES_HZ
 from voxwire_server.domain import AudioFormat, Encoding
 from voxwire_server.engines.containers import ContainerStream, open_container_stream
-from voxwire_server.errors import InvalidInput
+from voxwire_server.engines.containers.base import MAX_RATE_HZ, MIN_RATE_HZ, sniff_container
+from voxwire_server.errors import InvalidInput, LimitExceeded
+
+log = logging.getLogger(__name__)
 
 ASR_SAMPLE_RATE_HZ = 16000
+# The most audio one compressed (FLAC, Ogg/Opus) stream chunk may decode to.
+COMPRESSED_CHUNK_MAX_MS = 60_000
 Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
 
 # The container names PyAV reports for each encoding.
 _CONTAINERS = {Encoding.WAV: "wav", Encoding.FLAC: "flac", Encoding.OGG_OPUS: "ogg"}
 _MAX_WAV_HEADER_BYTES = 64 * 1024
-# Compressed chunks carry no duration the session could check, so their size is bounded instead.
+# Compressed chunks carry no duration the session could check, so their size is bounded instead
+# (and what they decode to, by the container stream).
 MAX_COMPRESSED_CHUNK_BYTES = 256 * 1024
 
 
@@ -84,10 +92,23 @@ def check_pcm_format(sample_rate_hz: int, channels: int) -> None:
         raise InvalidInput(f"unsupported channel count {channels}; send mono or stereo audio")
 
 
-def decode_clip(data: bytes, fmt: AudioFormat) -> Float32Array:
-    """A whole clip in any supported encoding → float32 mono at 16 kHz."""
+def clip_too_long(duration_s: float, max_duration_s: float) -> LimitExceeded:
+    return LimitExceeded(
+        f"the clip is {duration_s:.0f} s; Recognize takes at most {max_duration_s:.0f} s: "
+        "send longer audio with StreamingRecognize"
+    )
+
+
+def decode_clip(data: bytes, fmt: AudioFormat, max_duration_s: float = math.inf) -> Float32Array:
+    """A whole clip in any supported encoding → float32 mono at 16 kHz.
+
+    LimitExceeded once the clip is longer than max_duration_s: for WAV from its header, before any
+    sample is decoded; for FLAC and Ogg from the duration the container declares, and in any case
+    as soon as decoding passes the limit (a container's header may lie)."""
     if not data:
         raise InvalidInput("audio is empty")
+    if fmt.encoding is Encoding.WAV:
+        return _decode_wav_clip(data, fmt, max_duration_s)
     if fmt.encoding is Encoding.LINEAR16:
         channels = fmt.channels or 1
         check_pcm_format(fmt.sample_rate_hz, channels)
@@ -98,10 +119,56 @@ def decode_clip(data: bytes, fmt: AudioFormat) -> Float32Array:
         resampler = Resampler(fmt.sample_rate_hz, channels, ASR_SAMPLE_RATE_HZ)
         pcm = np.frombuffer(data, dtype="<i2").astype(np.int16)
         return pcm16_to_float(np.concatenate([resampler.feed(pcm), resampler.flush()]))
-    return _decode_container(data, fmt)
+    return _decode_container(data, fmt, max_duration_s)
 
 
-def _decode_container(data: bytes, fmt: AudioFormat) -> Float32Array:
+def _decode_wav_clip(data: bytes, fmt: AudioFormat, max_duration_s: float) -> Float32Array:
+    """WAV read with the same header parser as streams: the declared format and duration are checked
+    before any sample is converted, and what is decoded is bounded by the bytes present."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        found = sniff_container(data[:8])
+        if found:
+            raise InvalidInput(f"audio declared as WAV is a {found} container")
+        raise InvalidInput(
+            "audio declared as WAV could not be decoded: it does not start with a RIFF/WAVE header"
+        )
+    header = _parse_wav_header(data)
+    if header is None:
+        raise InvalidInput("the WAV data ends before its data chunk (a truncated or incomplete header)")
+    _check_declared_format(fmt, header)
+    check_pcm_format(header.rate, header.channels)
+    body = memoryview(data)[header.data_offset :]
+    if 0 < header.data_bytes < len(body):
+        body = body[: header.data_bytes]  # chunks after the samples (LIST, id3) are not audio
+    frame_bytes = header.bits // 8 * header.channels
+    frames = len(body) // frame_bytes
+    duration_s = frames / header.rate
+    if duration_s > max_duration_s:
+        raise clip_too_long(duration_s, max_duration_s)
+    if not frames:
+        raise InvalidInput("the WAV data decoded to no samples")
+    resampler = Resampler(header.rate, header.channels, ASR_SAMPLE_RATE_HZ)
+    pcm = _to_pcm16(bytes(body[: frames * frame_bytes]), header.bits, header.floating)
+    return pcm16_to_float(np.concatenate([resampler.feed(pcm), resampler.flush()]))
+
+
+def _check_declared_format(fmt: AudioFormat, header: _WavFormat) -> None:
+    if fmt.sample_rate_hz and fmt.sample_rate_hz != header.rate:
+        raise InvalidInput(
+            f"sample_rate_hz {fmt.sample_rate_hz} does not match the WAV header ({header.rate} Hz)"
+        )
+    if fmt.channels and fmt.channels != header.channels:
+        raise InvalidInput(f"channels {fmt.channels} does not match the WAV header ({header.channels})")
+
+
+def _check_container_rate(name: str, rate_hz: int) -> None:
+    if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
+        raise InvalidInput(
+            f"the {name} data declares {rate_hz} Hz; supported rates are {MIN_RATE_HZ}..{MAX_RATE_HZ} Hz"
+        )
+
+
+def _decode_container(data: bytes, fmt: AudioFormat, max_duration_s: float) -> Float32Array:
     expected = _CONTAINERS[fmt.encoding]
     name = fmt.encoding.name
     try:
@@ -115,6 +182,12 @@ def _decode_container(data: bytes, fmt: AudioFormat) -> Float32Array:
             if stream.codec_context is None:
                 raise InvalidInput(f"the {name} data holds audio in a format this server cannot decode")
             rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
+            _check_container_rate(name, rate)
+            if not 1 <= channels <= 2:
+                raise InvalidInput(f"the {name} audio has {channels} channels; send mono or stereo")
+            # The duration the container declares (FLAC: STREAMINFO's sample count), when it does.
+            if container.duration is not None and container.duration / 1e6 > max_duration_s:
+                raise clip_too_long(container.duration / 1e6, max_duration_s)
             rates = {rate}
             head = stream.codec_context.extradata or b""
             # Opus decodes at 48 kHz; the rate it was encoded from (OpusHead) is accepted too, as in streams.
@@ -128,13 +201,23 @@ def _decode_container(data: bytes, fmt: AudioFormat) -> Float32Array:
                 raise InvalidInput(f"channels {fmt.channels} does not match the {name} data ({channels})")
             swr = av.AudioResampler(format="s16", layout="mono", rate=ASR_SAMPLE_RATE_HZ)
             parts: list[Int16Array] = []
+            # Decoding stops as soon as the clip is over the limit, whatever its header said.
+            max_samples = max_duration_s * ASR_SAMPLE_RATE_HZ
+            total = 0
             for frame in container.decode(stream):
-                parts.extend(_samples(f) for f in swr.resample(frame))
+                for f in swr.resample(frame):
+                    parts.append(_samples(f))
+                    total += parts[-1].size
+                if total > max_samples:
+                    raise clip_too_long(total / ASR_SAMPLE_RATE_HZ, max_duration_s)
             parts.extend(_samples(f) for f in swr.resample(None))
-    except InvalidInput:
+    except (InvalidInput, LimitExceeded):
         raise
     except (av.FFmpegError, ValueError, IndexError) as exc:
-        raise InvalidInput(f"audio declared as {name} could not be decoded: {type(exc).__name__}") from None
+        log.debug("decoding %s failed: %r", name, exc)
+        raise InvalidInput(
+            f"audio declared as {name} could not be decoded: it is not valid {name} data"
+        ) from None
     if not parts:
         raise InvalidInput(f"the {name} data decoded to no samples")
     return pcm16_to_float(np.concatenate(parts))
@@ -143,8 +226,11 @@ def _decode_container(data: bytes, fmt: AudioFormat) -> Float32Array:
 class StreamDecoder:
     """Turns a stream's audio chunks into 16 kHz mono int16 samples as they arrive."""
 
-    def __init__(self, fmt: AudioFormat) -> None:
+    def __init__(self, fmt: AudioFormat, max_chunk_ms: int = 0) -> None:
+        """max_chunk_ms: the most audio one chunk may carry (0: unbounded); checked here for the chunk
+        that completes a WAV header and for compressed chunks, whose durations the session cannot see."""
         self._fmt = fmt
+        self._max_chunk_ms = max_chunk_ms
         self._pending = b""
         self._resampler: Resampler | None = None
         self._frame_bytes = 0
@@ -158,7 +244,10 @@ class StreamDecoder:
         elif fmt.encoding is not Encoding.WAV:
             if fmt.channels not in (0, 1, 2):
                 check_pcm_format(ASR_SAMPLE_RATE_HZ, fmt.channels)
-            self._container = open_container_stream(fmt, ASR_SAMPLE_RATE_HZ)
+            # A client cannot know how long a compressed chunk is (the client library sends 16 KiB,
+            # 20 s of low-bitrate Opus): the bound is against decompression bombs, not pacing.
+            bound_ms = max(max_chunk_ms, COMPRESSED_CHUNK_MAX_MS) if max_chunk_ms else 0
+            self._container = open_container_stream(fmt, ASR_SAMPLE_RATE_HZ, bound_ms)
         elif fmt.sample_rate_hz or fmt.channels:
             # WAV: the header tells the format; declared values must at least be valid ones.
             check_pcm_format(fmt.sample_rate_hz or ASR_SAMPLE_RATE_HZ, fmt.channels or 1)
@@ -201,17 +290,16 @@ class StreamDecoder:
                     raise InvalidInput("no WAV data chunk within the first 64 KiB of the stream")
                 self._pending = data
                 return np.zeros(0, np.int16)
-            if self._fmt.sample_rate_hz and self._fmt.sample_rate_hz != header.rate:
-                raise InvalidInput(
-                    f"sample_rate_hz {self._fmt.sample_rate_hz} does not match the WAV header "
-                    f"({header.rate} Hz)"
-                )
-            if self._fmt.channels and self._fmt.channels != header.channels:
-                raise InvalidInput(
-                    f"channels {self._fmt.channels} does not match the WAV header ({header.channels})"
-                )
+            _check_declared_format(self._fmt, header)
             self._start_pcm(header.rate, header.channels, header.bits, header.floating)
             data = data[header.data_offset :]
+            # The samples that came with the header count like any chunk's.
+            chunk_ms = self.chunk_duration_ms(len(data))
+            if self._max_chunk_ms and chunk_ms > self._max_chunk_ms:
+                raise InvalidInput(
+                    f"audio chunk of {chunk_ms:.0f} ms is over the {self._max_chunk_ms} ms limit "
+                    "(the samples after the WAV header count); send smaller chunks"
+                )
         usable = len(data) - len(data) % self._frame_bytes
         self._pending = data[usable:]
         assert self._resampler is not None
@@ -235,16 +323,26 @@ class _WavFormat:
     bits: int
     floating: bool
     data_offset: int
+    # As the header declares it: 0 or 0xFFFFFFFF in headers written before the length was known.
+    data_bytes: int
 
 
 _WAVE_FORMAT_PCM = 1
 _WAVE_FORMAT_IEEE_FLOAT = 3
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _PCM_BITS = (8, 16, 24, 32)
+_FMT_BYTES = 16
+_EXTENSIBLE_FMT_BYTES = 40
+# The KSDATAFORMAT_SUBTYPE_* GUIDs after their first two bytes (which are the format tag).
+_KSDATAFORMAT_GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")
+_FORMATS = "8/16/24/32-bit PCM or 32/64-bit float"
 
 
 def _parse_wav_header(data: bytes) -> _WavFormat | None:
-    """The stream's sample format and where its samples start; None if more bytes are needed."""
+    """The stream's sample format and where its samples start; None if more bytes are needed.
+
+    Every declared value is checked before it is used (InvalidInput otherwise), and no declared size
+    is trusted further than _MAX_WAV_HEADER_BYTES: the samples must start within it."""
     if len(data) < 12:
         if data and not b"RIFF".startswith(data[:4]):
             raise InvalidInput("WAV audio must start with a RIFF header")
@@ -253,30 +351,62 @@ def _parse_wav_header(data: bytes) -> _WavFormat | None:
         raise InvalidInput("WAV audio must start with a RIFF/WAVE header")
     pos, fmt = 12, None
     while pos + 8 <= len(data):
-        chunk_id, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        chunk_id, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
         body = pos + 8
-        if chunk_id == b"fmt ":
-            if body + 16 > len(data):
-                return None
-            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[body : body + 16])
-            if tag == _WAVE_FORMAT_EXTENSIBLE:
-                if body + 26 > len(data):
-                    return None
-                tag = struct.unpack("<H", data[body + 24 : body + 26])[0]
-            pcm = tag == _WAVE_FORMAT_PCM and bits in _PCM_BITS
-            floating = tag == _WAVE_FORMAT_IEEE_FLOAT and bits in (32, 64)
-            if not (pcm or floating):
-                raise InvalidInput(
-                    f"streamed WAV must be 8/16/24/32-bit PCM or 32/64-bit float (format tag {tag}, "
-                    f"{bits} bits found)"
-                )
-            fmt = (rate, channels, bits, floating)
-        elif chunk_id == b"data":
+        if chunk_id == b"data":
             if fmt is None:
                 raise InvalidInput("WAV data chunk comes before its fmt chunk")
-            return _WavFormat(*fmt, data_offset=body)
+            return _WavFormat(*fmt, data_offset=body, data_bytes=size)
+        if body + size > _MAX_WAV_HEADER_BYTES:
+            name = chunk_id.decode("latin-1").strip() or "unnamed"
+            raise InvalidInput(
+                f"the WAV {name!r} chunk before the samples declares {size} bytes; the samples must "
+                f"start within the first {_MAX_WAV_HEADER_BYTES // 1024} KiB"
+            )
+        if chunk_id == b"fmt ":
+            if fmt is not None:
+                raise InvalidInput("the WAV header has more than one fmt chunk")
+            if body + size > len(data):
+                return None
+            fmt = _wav_format(data[body : body + size])
         pos = body + size + (size & 1)
     return None
+
+
+def _wav_format(chunk: bytes) -> tuple[int, int, int, bool]:
+    """(rate, channels, bits, floating) of a fmt chunk that this server can decode."""
+    if len(chunk) < _FMT_BYTES:
+        raise InvalidInput(f"the WAV fmt chunk is {len(chunk)} bytes; it must have at least {_FMT_BYTES}")
+    tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", chunk)
+    if tag == _WAVE_FORMAT_EXTENSIBLE:
+        if len(chunk) < _EXTENSIBLE_FMT_BYTES:
+            raise InvalidInput(
+                f"the WAV header says WAVE_FORMAT_EXTENSIBLE but its fmt chunk is {len(chunk)} bytes, "
+                f"not {_EXTENSIBLE_FMT_BYTES}"
+            )
+        tag = struct.unpack_from("<H", chunk, 24)[0]
+        if chunk[26:40] != _KSDATAFORMAT_GUID_TAIL:
+            raise InvalidInput(
+                "the WAV WAVE_FORMAT_EXTENSIBLE sub-format is not PCM or float: this server cannot decode it"
+            )
+    if tag not in (_WAVE_FORMAT_PCM, _WAVE_FORMAT_IEEE_FLOAT):
+        raise InvalidInput(f"WAV audio must be {_FORMATS} (format tag {tag}, {bits} bits found)")
+    floating = tag == _WAVE_FORMAT_IEEE_FLOAT
+    if bits not in ((32, 64) if floating else _PCM_BITS):
+        raise InvalidInput(f"WAV audio must be {_FORMATS} (format tag {tag}, {bits} bits found)")
+    if not 1 <= channels <= 2:
+        raise InvalidInput(f"the WAV header gives {channels} channels; send mono or stereo audio")
+    if rate not in INPUT_SAMPLE_RATES_HZ:
+        allowed = ", ".join(str(r) for r in INPUT_SAMPLE_RATES_HZ)
+        raise InvalidInput(
+            f"the WAV header gives an unsupported sample rate of {rate} Hz; supported: {allowed}"
+        )
+    if block_align != bits // 8 * channels:
+        raise InvalidInput(
+            f"the WAV header's block align is {block_align} bytes, not {bits // 8 * channels} "
+            f"({channels} channels of {bits} bits)"
+        )
+    return rate, channels, bits, floating
 
 
 def _to_pcm16(data: bytes, bits: int, floating: bool) -> Int16Array:

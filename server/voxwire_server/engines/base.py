@@ -28,6 +28,11 @@ class SpeechRecognizer(Protocol):
         """The model's code for a BCP-47 language; InvalidInput when the model does not know it."""
         ...
 
+    def check_conditioning(self, options: DecodeOptions) -> None:
+        """InvalidInput when the hotwords and prompt do not fit the model's prompt (with room left for
+        what was said before)."""
+        ...
+
     async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
         """A whole clip of any length."""
         ...
@@ -40,7 +45,27 @@ class SpeechRecognizer(Protocol):
         """Finals waiting for the decoder: a measure of how busy it is."""
         ...
 
+    def load(self) -> DecoderLoad:
+        """How busy the decoder is now: what admission and load shedding decide from."""
+        ...
+
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderLoad:
+    """A snapshot of the decoder's queue. Service times are moving averages per job (a batch's
+    time shared by its jobs), 0 until a job of that kind has run."""
+
+    workers: int = 1
+    waiting_finals: int = 0
+    waiting_partials: int = 0
+    running_finals: int = 0
+    running_partials: int = 0
+    final_service_s: float = 0.0
+    partial_service_s: float = 0.0
+    # How long the oldest final still waiting for a worker has waited (0: none waits).
+    oldest_final_wait_s: float = 0.0
 
 
 class SpeechSynthesizer(Protocol):

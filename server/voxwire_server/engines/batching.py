@@ -11,7 +11,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from voxwire_server.engines.base import PartialSkipped
+from voxwire_server.engines.base import DecoderLoad, PartialSkipped
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -19,6 +19,9 @@ R = TypeVar("R")
 # Priorities: lower runs first.
 FINAL = 0
 PARTIAL = 1
+# Weight of the latest batch in the moving average of service time per job: about the last 10
+# batches count, so the average follows a change of load within seconds.
+SERVICE_EWMA_WEIGHT = 0.2
 
 
 class Expired(PartialSkipped):
@@ -36,6 +39,8 @@ class _Entry(Generic[J, R]):
     kind: Hashable = field(default=None, compare=False)
     expires: bool = field(default=False, compare=False)
     abandoned: bool = field(default=False, compare=False)
+    queued_at: float = field(default=0.0, compare=False)
+    submitted: float = field(default=0.0, compare=False)
 
 
 def _resolve(future: asyncio.Future[R], result: R | BaseException) -> None:
@@ -85,8 +90,14 @@ class BatchWorker(Generic[J, R]):
         self.jobs_run = 0
         self.jobs_dropped = 0
         self.jobs_expired = 0
+        # Called on the worker thread as a batch starts, with its priority and how long each of its
+        # jobs waited since submit (metrics.Telemetry.watch_decoder); it must be quick and not raise.
+        self.on_batch: Callable[[int, list[float]], None] | None = None
         self._max_partial_running = max(1, workers - 1)
         self._partial_running = 0
+        # Jobs being run, and the moving average of seconds per job, by priority.
+        self._running: dict[int, int] = {}
+        self._service_s: dict[int, float] = {}
         self._threads = [
             threading.Thread(target=self._loop, name=f"{name}-{i}" if workers > 1 else name, daemon=True)
             for i in range(workers)
@@ -107,12 +118,43 @@ class BatchWorker(Generic[J, R]):
         with self._cond:
             return sum(not e.abandoned and e.priority == priority for e in self._heap)
 
+    def load(self) -> DecoderLoad:
+        """The queue's state for admission and load shedding (one pass over the queue)."""
+        with self._cond:
+            now = time.monotonic()
+            waiting = {FINAL: 0, PARTIAL: 0}
+            oldest = now
+            for e in self._heap:
+                if e.abandoned:
+                    continue
+                waiting[PARTIAL if e.priority == PARTIAL else FINAL] += 1
+                if e.priority != PARTIAL:
+                    oldest = min(oldest, e.queued_at)
+            return DecoderLoad(
+                workers=len(self._threads),
+                waiting_finals=waiting[FINAL],
+                waiting_partials=waiting[PARTIAL],
+                running_finals=sum(n for p, n in self._running.items() if p != PARTIAL),
+                running_partials=self._running.get(PARTIAL, 0),
+                final_service_s=self._service_s.get(FINAL, 0.0),
+                partial_service_s=self._service_s.get(PARTIAL, 0.0),
+                oldest_final_wait_s=now - oldest,
+            )
+
+    def seed_service_s(self, seconds: float) -> None:
+        """A first service time per job (measured at warm-up), until jobs of each kind have run."""
+        with self._cond:
+            for priority in (FINAL, PARTIAL):
+                self._service_s.setdefault(priority, seconds)
+
     async def submit(self, job: J, *, priority: int, deadline: float, expires: bool = False) -> R:
         """``deadline`` is a time.monotonic() value."""
         loop = asyncio.get_running_loop()
         entry: _Entry[J, R] = _Entry(
             priority, deadline, next(self._seq), job, loop.create_future(), loop, self._key(job), expires
         )
+        entry.queued_at = time.monotonic()
+        entry.submitted = time.monotonic()
         with self._cond:
             if self._closed:
                 raise RuntimeError("the worker is closed")
@@ -155,6 +197,8 @@ class BatchWorker(Generic[J, R]):
                 batch = self._pop(kind, priority, limit)
                 if batch and priority == PARTIAL:
                     self._partial_running += 1
+                if batch:
+                    self._running[priority] = self._running.get(priority, 0) + len(batch)
                 return batch
 
     def _most_urgent(self) -> _Entry[J, R] | None:
@@ -198,11 +242,22 @@ class BatchWorker(Generic[J, R]):
         while (batch := self._take_batch()) is not None:
             if not batch:
                 continue
+            if self.on_batch is not None:
+                started = time.monotonic()
+                self.on_batch(batch[0].priority, [started - e.submitted for e in batch])
+            started = time.monotonic()
             try:
                 results: list[R | BaseException] = list(self._run_batch([e.job for e in batch]))
             except Exception as exc:
                 results = [exc] * len(batch)
+            per_job_s = (time.monotonic() - started) / len(batch)
             with self._cond:
+                priority = batch[0].priority
+                self._running[priority] -= len(batch)
+                last = self._service_s.get(priority)
+                self._service_s[priority] = (
+                    per_job_s if last is None else last + SERVICE_EWMA_WEIGHT * (per_job_s - last)
+                )
                 self.batches_run += 1
                 self.jobs_run += len(batch)
                 if batch[0].priority == PARTIAL:

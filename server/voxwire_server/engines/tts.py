@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import os
+import re
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -24,7 +26,7 @@ from voxwire_server.engines.splicing import (
     make_prefix,
     word_bounds,
 )
-from voxwire_server.errors import InvalidInput, NotFound, PreconditionFailed
+from voxwire_server.errors import InvalidInput, NotFound, PreconditionFailed, quoted
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,55 @@ log = logging.getLogger(__name__)
 _SEED = 0
 T = TypeVar("T")
 Float32Array = npt.NDArray[np.float32]
+
+# What one model call may see. The acoustic model's time and memory grow faster than its input (a
+# 4.9 KB sentence took 28 s and 2 GB), so longer sentences are cut at clauses, then at words.
+MAX_UNIT_CHARS = 400
+# Backstop for pronunciations that reach the model whole (template splices): longer is refused.
+MAX_MODEL_PHONEMES = 1000
+# hibari reads a run of digits (commas and points included) as one number and knows scales up to
+# 10**36; a longer run fails inside it. Runs with more digits than this are read digit by digit.
+MAX_NUMBER_DIGITS = 15
+_NUMBER_RUN = re.compile(r"\d+(?:[,.]\d+)*")
+_CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
+# The G2P's own failures on odd text: turned into InvalidInput (the text, not the server, is at fault).
+_G2P_ERRORS = (ValueError, IndexError, KeyError, TypeError, OverflowError, RecursionError)
+
+
+def _plain_digit(char: str) -> str:
+    # Superscripts, subscripts, circled digits: digits to str.isdigit, not to int() (hibari's G2P).
+    return f" {unicodedata.digit(char)} " if char.isdigit() and not char.isdecimal() else char
+
+
+def _spoken_number(match: re.Match[str]) -> str:
+    run = match[0]
+    if sum(c.isdigit() for c in run) <= MAX_NUMBER_DIGITS:
+        return run
+    parts = re.split(r"([,.])", run)
+    return "".join({",": ", ", ".": " point "}.get(part, " ".join(part)) for part in parts)
+
+
+def speakable(text: str) -> str:
+    """Text the G2P reads without failing: odd digits made plain, over-long numbers read as digits."""
+    if any(c.isdigit() and not c.isdecimal() for c in text):
+        text = "".join(_plain_digit(c) for c in text)
+    return _NUMBER_RUN.sub(_spoken_number, text)
+
+
+def bounded_pieces(text: str, max_chars: int = MAX_UNIT_CHARS) -> list[str]:
+    """text cut into pieces of at most max_chars: at clause punctuation, then at spaces, then anywhere."""
+    if len(text) <= max_chars:
+        return [text]
+    pieces: list[str] = []
+    for clause in _CLAUSE_END.split(text):
+        for word in clause.split() if len(clause) > max_chars else [clause]:
+            for cut in range(0, len(word), max_chars):
+                part = word[cut : cut + max_chars]
+                if pieces and len(pieces[-1]) + 1 + len(part) <= max_chars:
+                    pieces[-1] = f"{pieces[-1]} {part}"
+                else:
+                    pieces.append(part)
+    return [p for p in pieces if p.strip()]
 
 
 def _with_durations(model_path: str) -> bytes | None:
@@ -84,6 +135,11 @@ class _Voice:
         tokens = [c for c in phonemes if c in self.vocab]
         if not tokens:
             raise InvalidInput("nothing to pronounce")
+        if len(tokens) > MAX_MODEL_PHONEMES:
+            raise InvalidInput(
+                f"a sentence is too long to synthesize at once ({len(tokens)} sounds; the limit is "
+                f"{MAX_MODEL_PHONEMES}): add sentence breaks"
+            )
         ids = np.asarray([[0, *(self.vocab[c] for c in tokens), 0]], np.int64)
         outputs = self.session.run(None, {"ids": ids, "speed": np.asarray([speaking_rate], np.float32)})
         spectra = np.stack([np.asarray(o[0], np.float32) for o in outputs[:5]])
@@ -121,7 +177,7 @@ class HibariSynthesizer:
             if os.path.isfile(path):
                 self._voices[name] = _Voice(name, threads)
         if default_voice not in self._voices:
-            raise PreconditionFailed(f"default voice {default_voice!r} is not available offline")
+            raise PreconditionFailed(f"default voice {quoted(default_voice)} is not available offline")
         self.default_voice = default_voice
         self.phoneme_symbols = frozenset(self._voices[default_voice].vocab)
         self._worker = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tts")
@@ -164,23 +220,45 @@ class HibariSynthesizer:
             return voice
         if voice in self._registry:
             raise PreconditionFailed(
-                f"voice {voice!r} is not installed on this server (it is not in the hibari wheel and this "
+                f"voice {quoted(voice)} is not installed on this server (it is not in the hibari wheel and "
+                "this "
                 "server never downloads at run time)"
             )
-        raise NotFound(f"unknown voice {voice!r}; available: {', '.join(sorted(self._voices))}")
+        raise NotFound(f"unknown voice {quoted(voice)}; available: {', '.join(sorted(self._voices))}")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         # Cancelling the awaiting task cancels the job while it is still queued.
         return await asyncio.wrap_future(self._worker.submit(fn, *args))
 
+    def _phonemize(self, voice: str, piece: str) -> list[str]:
+        try:
+            units = [str(u) for u in self._voices[voice].tts.phonemize(speakable(piece))]
+        except _G2P_ERRORS as exc:
+            log.warning("the G2P failed on a piece of text: %s: %s", type(exc).__name__, exc)
+            raise InvalidInput(f"this text cannot be read aloud: {quoted(piece)}") from None
+        # hibari splits at clauses only; a clause of one long run of words is cut here.
+        return [bounded for u in units for bounded in bounded_pieces(u)]
+
     async def plan(self, voice: str, text: str) -> list[str]:
-        units: list[str] = await self._run(self._voices[voice].tts.phonemize, text)
+        """Units of at most MAX_UNIT_CHARS, one G2P job per sentence piece: cancelling the caller
+        stops the work between pieces, and a long text does not hold a worker for long."""
+        units: list[str] = []
+        for sentence in self.split_sentences(text):
+            for piece in bounded_pieces(sentence):
+                units.extend(await self._run(self._phonemize, voice, piece))
         # A unit of punctuation alone ("?!", "...") has no sound to make.
         return [u for u in units if any(c.isalpha() for c in u)]
 
+    def _g2p(self, voice: str, text: str) -> str:
+        try:
+            return str(self._voices[voice].tts.g2p(speakable(text)))
+        except _G2P_ERRORS as exc:
+            log.warning("the G2P failed on a piece of text: %s: %s", type(exc).__name__, exc)
+            raise InvalidInput(f"this text cannot be read aloud: {quoted(text)}") from None
+
     async def phonemes(self, voice: str, text: str) -> str:
         """Pronunciation of a piece of a sentence (no sentence splitting)."""
-        return str(await self._run(self._voices[voice].tts.g2p, text))
+        return await self._run(self._g2p, voice, text)
 
     def _render(self, voice: str, phonemes: str, speaking_rate: float) -> Float32Array:
         v = self._voices[voice]

@@ -9,6 +9,7 @@ import ctypes
 import logging
 import math
 import os
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -18,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from voxwire_server.domain import Alternative, DecodeOptions, Segment, Tier, Word
-from voxwire_server.engines.base import WindowRequest, WindowResult
+from voxwire_server.engines.base import DecoderLoad, WindowRequest, WindowResult
 from voxwire_server.engines.batching import FINAL, PARTIAL, BatchWorker
-from voxwire_server.errors import InvalidInput
+from voxwire_server.errors import InvalidInput, quoted
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ _PUNCTUATION = set(".,!?;:…\"'”“’‘)]}")
 # that streams with different histories still share batches: CTranslate2 needs the start-of-transcript
 # token at the same position in every prompt of a batch.
 _CONTEXT_LENGTHS = (8, 16, 32, 64, 128, 223)
+# Hotwords and prompt may fill Whisper's prompt (223 tokens) except this much, kept for previous
+# text; longer ones are refused (check_conditioning) rather than cut, so the speech is not lost.
+PREVIOUS_TEXT_TOKENS = 64
+MAX_CONDITIONING_CHARS = 1000
 
 
 def tune_allocator() -> None:
@@ -145,9 +150,11 @@ class _LoadedModel:
     def check_language(self, language: str) -> str:
         code = (language or "en").split("-")[0].lower()
         if not self.multilingual and code != "en":
-            raise InvalidInput(f"language {language!r} is not supported by {self.name}; it only knows 'en'")
+            raise InvalidInput(
+                f"language {quoted(language)} is not supported by {self.name}; it only knows 'en'"
+            )
         if self.multilingual and code not in self.whisper.supported_languages:
-            raise InvalidInput(f"language {language!r} is not supported by {self.name}")
+            raise InvalidInput(f"language {quoted(language)} is not supported by {self.name}")
         return code
 
     def tokenizer(self, language: str) -> tuple[Any, list[int]]:
@@ -230,13 +237,34 @@ class WhisperRecognizer:
         self._accurate.check_language(language)
         return self._fast.check_language(language)
 
+    def check_conditioning(self, options: DecodeOptions) -> None:
+        text = " ".join([*options.hotwords, options.prompt]).strip()
+        if not text:
+            return
+        if len(text) > MAX_CONDITIONING_CHARS:  # checked before the (costlier) tokenizer sees it
+            raise InvalidInput(
+                f"hotwords and prompt are {len(text)} characters; the limit is {MAX_CONDITIONING_CHARS}"
+            )
+        for model in {id(m): m for m in (self._fast, self._accurate)}.values():
+            tokens = len(model.text_tokens(options.language, text))
+            limit = model.max_length // 2 - 1 - PREVIOUS_TEXT_TOKENS
+            if tokens > limit:
+                raise InvalidInput(
+                    f"hotwords and prompt are {tokens} tokens together; the limit is {limit} (Whisper's "
+                    f"prompt holds {model.max_length // 2 - 1}, {PREVIOUS_TEXT_TOKENS} of them kept for what "
+                    "was said before)"
+                )
+
     def warm_up(self) -> None:
         """Loads what the first request would otherwise pay for: both decode paths and Silero VAD."""
         noise = (np.random.default_rng(0).standard_normal(16000 * 2) * 0.01).astype(np.float32)
         self._decode(noise, DecodeOptions())
         _speech_ratio(noise)
-        for tier in (Tier.FAST, Tier.ACCURATE):
+        for tier in (Tier.ACCURATE, Tier.FAST):
+            started = time.monotonic()
             self._decode_speech([WindowRequest(noise, DecodeOptions(tier=tier))])
+        # Admission's first estimate of a final's cost, before any has run (the fast tier, last).
+        self._batches.seed_service_s(time.monotonic() - started)
 
     async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
         # Cancelling the awaiting task cancels the job while it is still queued.
@@ -253,6 +281,9 @@ class WhisperRecognizer:
 
     def pending_finals(self) -> int:
         return self._batches.pending_at(FINAL)
+
+    def load(self) -> DecoderLoad:
+        return self._batches.load()
 
     @property
     def batching(self) -> BatchWorker[WindowRequest, WindowResult]:

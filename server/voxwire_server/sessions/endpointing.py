@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from voxwire_server.domain import Endpointing
+from voxwire_server.domain import Endpointing, UtteranceEnd
 from voxwire_server.engines.audio import ASR_SAMPLE_RATE_HZ
 from voxwire_server.engines.base import VoiceActivityDetector
 
@@ -39,6 +39,7 @@ class UtteranceEnded:
     speech_end: int
     # True when max_utterance_s cut it rather than silence (the next utterance starts at the cut).
     forced: bool
+    end: UtteranceEnd
 
 
 EndpointEvent = SpeechStarted | UtteranceEnded
@@ -110,7 +111,7 @@ class Endpointer:
             self._frames.append(self._leftover)
             self._position += self._leftover.size
             self._leftover = np.zeros(0, np.int16)
-        return [self._end(forced=False, keep_all=True)]
+        return [self._end(forced=False, keep_all=True, end=UtteranceEnd.END_OF_AUDIO)]
 
     def _step(self, frame: npt.NDArray[np.int16]) -> list[EndpointEvent]:
         voiced = self._vad.is_speech(frame)
@@ -138,7 +139,7 @@ class Endpointer:
         else:
             self._silence_run += 1
         if self._silence_run >= self._end_frames:
-            return [self._end(forced=False, keep_all=False)]
+            return [self._end(forced=False, keep_all=False, end=UtteranceEnd.SILENCE)]
         if len(self._frames) >= self._max_frames:
             return self._cut()
         return []
@@ -157,7 +158,7 @@ class Endpointer:
             cut = best + _QUIET_FRAMES // 2 + 1
         rest, rest_loudness = frames[cut:], loudness[cut:]
         self._frames, self._loudness = frames[:cut], loudness[:cut]
-        ended = self._end(forced=True, keep_all=True)
+        ended = self._end(forced=True, keep_all=True, end=UtteranceEnd.MAX_DURATION)
         if not rest:
             return [ended]
         self._speaking = True
@@ -166,7 +167,7 @@ class Endpointer:
         self._last_voiced_end = self._position
         return [ended, SpeechStarted(self._utterance_index, self._audio_start)]
 
-    def _end(self, *, forced: bool, keep_all: bool) -> UtteranceEnded:
+    def _end(self, *, forced: bool, keep_all: bool, end: UtteranceEnd) -> UtteranceEnded:
         frames = self._frames
         if not keep_all:
             trailing = min(self._silence_run, len(frames))
@@ -178,6 +179,7 @@ class Endpointer:
             audio_start=self._audio_start,
             speech_end=self._last_voiced_end if not forced else self._audio_start + audio.size,
             forced=forced,
+            end=end,
         )
         self._utterance_index += 1
         self._speaking = False

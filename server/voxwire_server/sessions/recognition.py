@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +29,7 @@ from voxwire_server.domain import (
     StreamStart,
     StreamUpdate,
     Tier,
+    UtteranceEnd,
 )
 from voxwire_server.engines.audio import (
     ASR_SAMPLE_RATE_HZ,
@@ -42,7 +45,13 @@ from voxwire_server.engines.base import (
     WindowRequest,
     WindowResult,
 )
-from voxwire_server.errors import InvalidInput, LimitExceeded, NotImplementedCapability, StreamAbandoned
+from voxwire_server.errors import (
+    InvalidInput,
+    LimitExceeded,
+    NotImplementedCapability,
+    StreamAbandoned,
+    Unavailable,
+)
 from voxwire_server.sessions.agreement import LocalAgreement
 from voxwire_server.sessions.endpointing import Endpointer, SpeechStarted, UtteranceEnded
 
@@ -73,6 +82,27 @@ class RecognitionLimits:
     # A stream's earlier finals condition its next utterance (Whisper's previous text) unless the
     # pause before it is longer than this: a new topic, not a sentence split by a pause.
     context_gap_s: float = 10.0
+    # Stream limits (0: none), each ending the stream with LimitExceeded once the finals of the audio
+    # received are out: no audio for this long, this long since the stream opened, this much audio.
+    idle_timeout_s: float = 0.0
+    max_stream_s: float = 0.0
+    max_stream_audio_s: float = 0.0
+    # Called with the limit that ended a stream: "idle", "duration" or "audio".
+    on_limit: Callable[[str], None] | None = None
+
+
+class LoadShedding(Protocol):
+    """What a stream asks before optional work: True means skip it (the decoder is behind)."""
+
+    def shed_partial(self) -> bool: ...
+
+    def skip_escalation(self) -> bool: ...
+
+
+class StreamLoad(LoadShedding, Protocol):
+    """A stream's side of admission: it also says when it is in an utterance (a final to come)."""
+
+    def speaking(self, active: bool) -> None: ...
 
 
 def _ms(samples: int) -> int:
@@ -107,11 +137,16 @@ class Utterances:
     context."""
 
     def __init__(
-        self, recognizer: SpeechRecognizer, options: DecodeOptions, limits: RecognitionLimits
+        self,
+        recognizer: SpeechRecognizer,
+        options: DecodeOptions,
+        limits: RecognitionLimits,
+        shedding: LoadShedding | None = None,
     ) -> None:
         self._recognizer = recognizer
         self._options = options
         self._limits = limits
+        self._shedding = shedding
         self._previous = PreviousText(limits.context_gap_s)
 
     def context(self, start: int) -> str:
@@ -122,7 +157,7 @@ class Utterances:
         """The utterance's final and the tier that decoded it."""
         start, end = event.audio_start, event.audio_start + event.audio.size
         request = WindowRequest(pcm16_to_float(event.audio), self._options, context=self.context(start))
-        decoded, tier = await decode_final(self._recognizer, request, self._limits)
+        decoded, tier = await decode_final(self._recognizer, request, self._limits, self._shedding)
         if decoded.alternatives:
             self._previous.add(decoded.alternatives[0].text, start, end)
         return decoded, tier
@@ -131,6 +166,7 @@ class Utterances:
 def check_options(recognizer: SpeechRecognizer, options: RecognitionOptions) -> None:
     """Rejects what cannot be served before any audio is processed."""
     recognizer.check_language(options.decode.language)
+    recognizer.check_conditioning(options.decode)
     if options.decode.max_alternatives < 1:
         raise InvalidInput("max_alternatives must be at least 1")
     e = options.endpointing
@@ -171,6 +207,7 @@ async def recognize_clip(
     audio: bytes,
     options: RecognitionOptions,
     limits: RecognitionLimits,
+    shedding: LoadShedding | None = None,
 ) -> tuple[list[Result], int]:
     """Decodes a whole clip; returns one final per utterance and the clip's duration in ms.
 
@@ -179,7 +216,7 @@ async def recognize_clip(
     sliding 30 s windows."""
     check_options(recognizer, options)
     _check_clip_size(audio, options, limits)
-    samples = await asyncio.to_thread(decode_clip, audio, options.audio)
+    samples = await asyncio.to_thread(decode_clip, audio, options.audio, limits.max_clip_s)
     duration_s = samples.size / ASR_SAMPLE_RATE_HZ
     duration_ms = round(duration_s * 1000)
     if duration_s > limits.max_clip_s:
@@ -196,7 +233,7 @@ async def recognize_clip(
     # Up to 29 s of audio through the endpointer: work for a thread, not the event loop.
     utterances = await asyncio.to_thread(_utterances, endpointer, samples)
     # One after another: each utterance is decoded with what was said before it.
-    decoder = Utterances(recognizer, options.decode, limits)
+    decoder = Utterances(recognizer, options.decode, limits, shedding)
     decoded = [await decoder.final(u) for u in utterances]
     latency_ms = (time.perf_counter() - started) * 1000
     results = [
@@ -207,6 +244,7 @@ async def recognize_clip(
             index=i,
             tier=tier,
             latency_ms=latency_ms,
+            end=u.end,
         )
         for i, (u, (d, tier)) in enumerate(zip(utterances, decoded, strict=True))
         if d.alternatives
@@ -240,6 +278,18 @@ def _utterances(endpointer: Endpointer, samples: npt.NDArray[np.float32]) -> lis
 _END = object()
 
 
+# The _LimitReached of a server that drains.
+SHUTDOWN = "shutdown"
+
+
+class _LimitReached(Exception):
+    """A stream limit ended the reading; the audio received so far is still decoded."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class RecognitionStream:
     """One bidirectional stream: a reader task feeds a bounded queue (a full queue is backpressure on the
     client), a worker task runs the endpointer and decodes each utterance; interim results run as one
@@ -253,8 +303,12 @@ class RecognitionStream:
         limits: RecognitionLimits,
         emit: Emit,
         clock: Callable[[], float] = time.perf_counter,
+        shedding: StreamLoad | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
-        """clock: what arrival times and result latencies are measured with."""
+        """clock: what arrival times and result latencies are measured with; shedding: asked before
+        each partial (and escalation) whether to skip it; stop: set when the server drains: the
+        stream stops reading, sends the finals of what it heard and ends with Unavailable."""
         if start.resume_token:
             raise NotImplementedCapability("stream resumption (resume_token)")
         options = start.options
@@ -263,7 +317,7 @@ class RecognitionStream:
         self._recognizer = recognizer
         self._limits = limits
         self._emit = emit
-        self._decoder = StreamDecoder(options.audio)
+        self._decoder = StreamDecoder(options.audio, limits.max_chunk_ms)
         self._endpointer = Endpointer(
             vad_factory(options.endpointing.vad_aggressiveness), options.endpointing
         )
@@ -277,16 +331,96 @@ class RecognitionStream:
         self._last_partial_at = 0
         self._partial_interval = limits.partial_interval_ms * ASR_SAMPLE_RATE_HZ // 1000
         self._agreement = LocalAgreement()
-        self._utterances = Utterances(recognizer, options.decode, limits)
+        self._utterances = Utterances(recognizer, options.decode, limits, shedding)
         self._clock = clock
+        self._shedding = shedding
+        self._limit: _LimitReached | None = None
+        self._audio_samples = 0
+        self._stop = stop
+        self._stopped: asyncio.Future[Literal[True]] | None = None
 
     async def run(self, inputs: AsyncIterator[StreamInput]) -> None:
-        async with asyncio.TaskGroup() as tg:
-            reader = tg.create_task(self._read(inputs))
-            tg.create_task(self._work(tg, reader))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                reader = tg.create_task(self._read(inputs))
+                tg.create_task(self._work(tg, reader))
+        finally:
+            if self._stopped is not None:
+                self._stopped.cancel()
+
+    async def _next_or_stop(self, items: AsyncIterator[StreamInput], opened_at: float) -> StreamInput | None:
+        """The client's next message, unless the server starts draining first."""
+        if self._stop is None:
+            return await self._next(items, opened_at)
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self._stop.wait())
+        stopped = self._stopped
+        if not stopped.done():
+            read = asyncio.ensure_future(self._next(items, opened_at))
+            try:
+                await asyncio.wait((read, stopped), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not read.done():
+                    read.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await read
+            if read.done() and not read.cancelled():
+                return read.result()
+        raise _LimitReached(
+            SHUTDOWN, "the server is shutting down: the open utterance was finalized; reconnect"
+        )
 
     async def _read(self, inputs: AsyncIterator[StreamInput]) -> None:
-        async for item in inputs:
+        try:
+            await self._receive(inputs)
+        except _LimitReached as limit:
+            # As if the client had sent end_of_audio: the worker sends the finals of what arrived,
+            # then ends the stream with the limit's error.
+            self._limit = limit
+            arrived = self._clock()
+            try:
+                tail = await self._decode_input(None)
+            except InvalidInput:
+                # Cut off mid-frame (a compressed stream, a sample split across chunks): what was
+                # decoded so far stands.
+                tail = np.zeros(0, np.int16)
+            await self._queue.put((tail, arrived))
+            await self._queue.put((_END, arrived))
+
+    async def _next(self, items: AsyncIterator[StreamInput], opened_at: float) -> StreamInput | None:
+        """The client's next message (None at its end), within the idle and duration limits."""
+        limits = self._limits
+        waits: list[tuple[float, str]] = []
+        if limits.idle_timeout_s > 0:
+            waits.append((limits.idle_timeout_s, "idle"))
+        if limits.max_stream_s > 0:
+            waits.append((opened_at + limits.max_stream_s - asyncio.get_running_loop().time(), "duration"))
+        if not waits:
+            return await anext(items, None)
+        wait_s, limit = min(waits)
+        if wait_s > 0:
+            timeout = asyncio.timeout(wait_s)
+            try:
+                async with timeout:
+                    return await anext(items, None)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise
+        if limit == "idle":
+            raise _LimitReached(
+                "idle",
+                f"no audio for {limits.idle_timeout_s:g} s: the stream's idle timeout is "
+                f"{limits.idle_timeout_s:g} s; send end_of_audio to end a stream",
+            )
+        raise _LimitReached(
+            "duration", f"the stream reached its maximum duration of {limits.max_stream_s:g} s (wall clock)"
+        )
+
+    async def _receive(self, inputs: AsyncIterator[StreamInput]) -> None:
+        items = aiter(inputs)
+        opened_at = asyncio.get_running_loop().time()
+        max_samples = round(self._limits.max_stream_audio_s * ASR_SAMPLE_RATE_HZ)
+        while (item := await self._next_or_stop(items, opened_at)) is not None:
             arrived = self._clock()
             if isinstance(item, EndOfAudio):
                 await self._queue.put((await self._decode_input(None), arrived))
@@ -301,7 +435,14 @@ class RecognitionStream:
                     f"audio chunk of {chunk_ms:.0f} ms is over the {self._limits.max_chunk_ms} ms limit; "
                     "send smaller chunks"
                 )
-            await self._queue.put((await self._decode_input(item.data), arrived))
+            samples = await self._decode_input(item.data)
+            self._audio_samples += samples.size
+            if max_samples and self._audio_samples > max_samples:
+                raise _LimitReached(
+                    "audio",
+                    f"the stream reached its maximum of {self._limits.max_stream_audio_s:g} s of audio",
+                )
+            await self._queue.put((samples, arrived))
         raise StreamAbandoned(
             "the request stream closed without end_of_audio; the unfinished utterance was discarded"
         )
@@ -326,21 +467,34 @@ class RecognitionStream:
                     events = self._endpointer.push(item)
                 for event in events:
                     if isinstance(event, SpeechStarted):
+                        if self._shedding is not None:
+                            self._shedding.speaking(True)
                         await self._send_event(
                             SpeechEventType.SPEECH_STARTED, event.speech_start, event.utterance_index
                         )
                     elif await self._finish_utterance(event, arrived):
                         return
                 if item is _END:
+                    if self._limit is not None:
+                        if self._limits.on_limit is not None:
+                            self._limits.on_limit(self._limit.limit)
+                        if self._limit.limit == SHUTDOWN:
+                            raise Unavailable(str(self._limit))
+                        raise LimitExceeded(str(self._limit))
                     return
                 self._maybe_start_partial(tg)
         finally:
+            if self._shedding is not None:
+                self._shedding.speaking(False)
             await self._stop_partial()
             reader.cancel()
 
     async def _finish_utterance(self, event: UtteranceEnded, arrived: float) -> bool:
         """Decodes and sends the final; True when the stream is over (single-utterance mode).
         ``arrived``: when the message that ended the utterance reached the server."""
+        if self._shedding is not None:
+            # From here the final is the decoder's queue's to count.
+            self._shedding.speaking(False)
         await self._stop_partial()
         single = self._options.single_utterance
         kind = SpeechEventType.END_OF_SINGLE_UTTERANCE if single else SpeechEventType.END_OF_UTTERANCE
@@ -359,9 +513,16 @@ class RecognitionStream:
                 index=event.utterance_index,
                 tier=tier,
                 latency_ms=(self._clock() - arrived) * 1000,
+                end=self._end_of(event),
             )
             await self._emit(StreamUpdate(result, self._committed_ms))
         return single
+
+    def _end_of(self, event: UtteranceEnded) -> UtteranceEnd:
+        """Why the utterance ended: an end of audio that a limit or the shutdown made says which."""
+        if event.end is not UtteranceEnd.END_OF_AUDIO or self._limit is None:
+            return event.end
+        return UtteranceEnd.SHUTDOWN if self._limit.limit == SHUTDOWN else UtteranceEnd.STREAM_LIMIT
 
     def _maybe_start_partial(self, tg: asyncio.TaskGroup) -> None:
         if not (self._options.interim_results and self._endpointer.speaking):
@@ -375,6 +536,8 @@ class RecognitionStream:
         if audio.size < self._partial_interval:
             return
         self._last_partial_at = position
+        if self._shedding is not None and self._shedding.shed_partial():
+            return
         self._partial = tg.create_task(self._run_partial(audio, start, self._endpointer.utterance_index))
 
     async def _run_partial(self, audio: npt.NDArray[np.int16], start: int, index: int) -> None:
@@ -402,6 +565,7 @@ class RecognitionStream:
             index=index,
             tier=Tier.FAST,
             latency_ms=(self._clock() - started) * 1000,
+            end=None,
         )
         await self._emit(
             StreamUpdate(replace(result, is_final=False, stability=stability), self._committed_ms)
@@ -419,7 +583,10 @@ class RecognitionStream:
 
 
 async def decode_final(
-    recognizer: SpeechRecognizer, request: WindowRequest, limits: RecognitionLimits
+    recognizer: SpeechRecognizer,
+    request: WindowRequest,
+    limits: RecognitionLimits,
+    shedding: LoadShedding | None = None,
 ) -> tuple[WindowResult, Tier]:
     """Decodes an utterance; a fast-tier answer under the confidence threshold is re-decoded on the
     accurate tier, unless other finals are already waiting for the decoder (escalation spends spare
@@ -431,6 +598,7 @@ async def decode_final(
         options.tier is Tier.FAST
         and confidence < limits.escalation_confidence
         and recognizer.pending_finals() <= limits.escalation_max_waiting
+        and not (shedding is not None and shedding.skip_escalation())
     ):
         accurate = replace(options, tier=Tier.ACCURATE)
         second = await recognizer.decode(
@@ -444,7 +612,14 @@ async def decode_final(
 
 
 def _result(
-    decoded: WindowResult, *, offset_samples: int, end_samples: int, index: int, tier: Tier, latency_ms: float
+    decoded: WindowResult,
+    *,
+    offset_samples: int,
+    end_samples: int,
+    index: int,
+    tier: Tier,
+    latency_ms: float,
+    end: UtteranceEnd | None,
 ) -> Result:
     offset_s = offset_samples / ASR_SAMPLE_RATE_HZ
     return Result(
@@ -455,4 +630,5 @@ def _result(
         end_ms=_ms(end_samples),
         tier=tier,
         processing_latency_ms=latency_ms,
+        end=end,
     )

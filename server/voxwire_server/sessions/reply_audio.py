@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy.typing as npt
 from voxwire_server.caches.synthesis import CachedAudio
 from voxwire_server.domain import EncodedAudio, Encoding, SynthesisCacheStatus, SynthesisRequest
 from voxwire_server.engines.audio import AudioEncoder, wav_header
+from voxwire_server.errors import LimitExceeded
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -56,9 +58,20 @@ class ReplyEncoder(ReplyChunks):
     A reply cancelled while a worker is still encoding for it is closed by that worker once it is
     done (the event loop never waits for it, and the encoder is never closed under it)."""
 
-    def __init__(self, request: SynthesisRequest, source_rate_hz: int, sample_rate_hz: int) -> None:
+    def __init__(
+        self,
+        request: SynthesisRequest,
+        source_rate_hz: int,
+        sample_rate_hz: int,
+        max_duration_s: float = math.inf,
+    ) -> None:
+        """max_duration_s: the longest reply; audio that would make it longer is refused
+        (LimitExceeded) before it is encoded."""
         super().__init__(request.encoding, sample_rate_hz)
         self.encoder = AudioEncoder(request.encoding, source_rate_hz, sample_rate_hz)
+        self._source_rate_hz = source_rate_hz
+        self._max_duration_s = max_duration_s
+        self._duration_s = 0.0
         self._state = threading.Lock()  # held only to read or flip the two flags below
         self._encoding = False
         self._close_requested = False
@@ -71,6 +84,12 @@ class ReplyEncoder(ReplyChunks):
                 raise RuntimeError("a reply is encoded one piece at a time")
             self._encoding = True
         try:
+            self._duration_s += audio.size / self._source_rate_hz
+            if self._duration_s > self._max_duration_s:
+                raise LimitExceeded(
+                    f"the reply is longer than {self._max_duration_s:g} s of audio, the limit per request "
+                    "(max_synthesis_s): shorten the text or split it into several requests"
+                )
             before = self.encoder.samples_out
             data = self.encoder.encode(audio)
             if last:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from voxwire_server.caches.synthesis import SynthesisCache
 from voxwire_server.domain import Endpointing, Tier
 from voxwire_server.engines.base import SpeechRecognizer, SpeechSynthesizer
-from voxwire_server.errors import OverCapacity, Unavailable
+from voxwire_server.errors import Unavailable
 from voxwire_server.metrics import Telemetry
+from voxwire_server.sessions.admission import (
+    AdmissionConfig,
+    CallLimiter,
+    CallLimits,
+    StreamAdmission,
+    StreamTicket,
+)
 from voxwire_server.sessions.recognition import RecognitionLimits, VadFactory
 from voxwire_server.sessions.synthesis import SynthesisHooks, SynthesisLimits, SynthesisSession
 
@@ -19,14 +29,46 @@ class Runtime:
     synthesis_limits: SynthesisLimits
     endpointing: Endpointing
     default_tier: Tier
-    max_streams: int
     vad_factory: VadFactory
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    # Limits of the unary calls by kind: "recognize", "synthesize" (Synthesize and SynthesizeStream)
+    # and "warmup"; a kind not given has none.
+    call_limits: Mapping[str, CallLimits] = field(default_factory=dict)
     telemetry: Telemetry = field(default_factory=Telemetry)
     # None: the server runs without caches (--cache off).
     synthesis_cache: SynthesisCache | None = None
     _recognizer: SpeechRecognizer | None = None
     _synthesizer: SpeechSynthesizer | None = None
     draining: bool = False
+    # Set when the server starts draining: open streams finalize what they heard and end.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        t = self.telemetry
+
+        def refused(what: str, reason: str) -> None:
+            t.admission_refused.labels(what, reason).inc()
+
+        self.streams = StreamAdmission(
+            self.admission,
+            lambda: self.recognizer.load(),
+            on_refused=refused,
+            on_shed=lambda kind: t.asr_shed.labels(kind).inc(),
+        )
+        self.limiters = {
+            kind: CallLimiter(
+                kind,
+                self.call_limits.get(kind, CallLimits()),
+                top_priority=self.admission.top_priority,
+                on_refused=refused,
+            )
+            for kind in ("recognize", "synthesize", "warmup")
+        }
+
+    def begin_drain(self) -> None:
+        """New calls are refused (UNAVAILABLE) from now on; open streams are told to wrap up."""
+        self.draining = True
+        self.stopping.set()
 
     def set_engines(self, recognizer: SpeechRecognizer, synthesizer: SpeechSynthesizer) -> None:
         self._recognizer, self._synthesizer = recognizer, synthesizer
@@ -53,10 +95,24 @@ class Runtime:
         assert self._synthesizer is not None
         return self._synthesizer
 
-    def admit_stream(self) -> None:
-        if self.telemetry.active_streams >= self.max_streams:
-            raise OverCapacity(f"this server is at its limit of {self.max_streams} concurrent streams")
+    def admit_stream(self, tenant_id: str, priority: int) -> StreamTicket:
+        """A stream slot (give it back with ``stream_closed``) or OverCapacity (see
+        sessions/admission.py); the stream asks its ticket whether to shed work."""
+        self._check()
+        ticket = self.streams.admit(tenant_id, priority)
         self.telemetry.stream_opened()
+        return ticket
+
+    def stream_closed(self, ticket: StreamTicket) -> None:
+        ticket.close()
+        self.telemetry.stream_closed()
+
+    @contextmanager
+    def admit_call(self, kind: str, tenant_id: str, priority: int) -> Iterator[None]:
+        """Holds a slot of a unary call's concurrency limit and takes a token of the tenant's rate
+        limit, or raises OverCapacity."""
+        with self.limiters[kind].call(tenant_id, priority):
+            yield
 
     def synthesis(self) -> SynthesisSession:
         t = self.telemetry

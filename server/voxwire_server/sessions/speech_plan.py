@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from voxwire_server.engines.base import SpeechSynthesizer
+from voxwire_server.engines.tts import bounded_pieces
 from voxwire_server.sessions.ssml import MAX_RATE, MIN_RATE, Boundary, Break, Phonemes, SsmlItem
 
 # A paragraph ends with a pause a little longer than the one the voice makes after a sentence.
@@ -47,7 +48,8 @@ async def plan_ssml(
 
     def flush() -> None:
         if any(any(c.isalpha() for c in piece) for piece in current):
-            units.append(Speech(" ".join(current), rate))
+            # Many short pieces of one sentence (say-as, sub) still make units of bounded length.
+            units.extend(Speech(p, rate) for p in bounded_pieces(" ".join(current)))
         current.clear()
 
     for item in items:

@@ -126,6 +126,11 @@ def _quote(text: str, limit: int = 40) -> str:
     return f'"{text}"' if len(text) <= limit else f'"{text[: limit - 1]}…"'
 
 
+def _field(text: str) -> str:
+    """A date field for an error message: as written when short, else quoted and cut."""
+    return text if len(text) <= 4 else _quote(text)
+
+
 def _below_hundred(n: int) -> str:
     if n < 20:
         return _ONES[n]
@@ -202,7 +207,7 @@ def cardinal(text: str) -> str:
             f"{_quote(text)} is not a number (expected digits with an optional sign, thousands "
             "separators and decimals, e.g. -1,234.5)"
         )
-    value = int(match["int"].replace(",", "")) if match["int"] else 0
+    value = _bounded_int(match["int"]) if match["int"] else 0
     if value > MAX_CARDINAL:
         raise NotSpeakable(f"{_quote(text)} is too large to speak (the limit is {MAX_CARDINAL:,})")
     words = integer_words(value)
@@ -212,6 +217,13 @@ def cardinal(text: str) -> str:
     if sign == "+":
         return f"plus {words}"
     return f"minus {words}" if sign else words
+
+
+def _bounded_int(digits: str) -> int:
+    """The value of digits with thousands separators; anything longer than MAX_CARDINAL's digits is
+    MAX_CARDINAL + 1 (too large either way, and int() of a 5000-digit string is slow or refused)."""
+    plain = digits.replace(",", "").lstrip("0")
+    return MAX_CARDINAL + 1 if len(plain) > len(str(MAX_CARDINAL)) else int(plain or "0")
 
 
 def _ordinal_suffix(n: int) -> str:
@@ -225,12 +237,12 @@ def ordinal(text: str) -> str:
     match = _ORDINAL.fullmatch(text.strip())
     if match is None:
         raise NotSpeakable(f"{_quote(text)} is not an ordinal (expected digits with an optional st/nd/rd/th)")
-    value = int(match["int"].replace(",", ""))
+    value = _bounded_int(match["int"])
     suffix = match["suffix"]
-    if suffix is not None and suffix.lower() != _ordinal_suffix(value):
-        raise NotSpeakable(f"{_quote(text)} has the wrong suffix (expected {value}{_ordinal_suffix(value)})")
     if value > MAX_CARDINAL:
         raise NotSpeakable(f"{_quote(text)} is too large to speak (the limit is {MAX_CARDINAL:,})")
+    if suffix is not None and suffix.lower() != _ordinal_suffix(value):
+        raise NotSpeakable(f"{_quote(text)} has the wrong suffix (expected {value}{_ordinal_suffix(value)})")
     return ordinal_words(value)
 
 
@@ -278,7 +290,9 @@ def date(text: str, date_format: str | None = None) -> str:
     value = text.strip()
     order = date_format or ("ymd" if _ISO_DATE.fullmatch(value) else "mdy")
     if order not in DATE_FORMATS:
-        raise NotSpeakable(f'date format "{order}" is not supported; supported: {", ".join(DATE_FORMATS)}')
+        raise NotSpeakable(
+            f"date format {_quote(order)} is not supported; supported: {', '.join(DATE_FORMATS)}"
+        )
     expected = f"expected {order} like {_DATE_EXAMPLES[order]}, separated by - / or ."
     parts = _DATE_SEPARATOR.split(value)
     separators = set(_DATE_SEPARATOR.findall(value))
@@ -297,16 +311,18 @@ def date(text: str, date_format: str | None = None) -> str:
             raise NotSpeakable(f"{_quote(text)}: the year must have four digits ({expected})")
         year = int(fields["y"])
     if "m" in fields:
-        month = int(fields["m"])
+        month = int(fields["m"]) if len(fields["m"]) <= 2 else 0
         if len(fields["m"]) > 2 or not 1 <= month <= 12:
-            raise NotSpeakable(f"{_quote(text)}: {fields['m']} is not a month (1 to 12)")
+            raise NotSpeakable(f"{_quote(text)}: {_field(fields['m'])} is not a month (1 to 12)")
     if "d" in fields:
-        day = int(fields["d"])
+        day = int(fields["d"]) if len(fields["d"]) <= 2 else 0
         # Without a year, February 29 is allowed (some year has it); without a month, any day to 31.
         days = 31 if month is None else calendar.monthrange(year or 2000, month)[1]
         if len(fields["d"]) > 2 or not 1 <= day <= days:
             where = "" if month is None else f" in {_MONTHS[month - 1]}" + (f" {year}" if year else "")
-            raise NotSpeakable(f"{_quote(text)} is not a valid date: {fields['d']} is not a day{where}")
+            raise NotSpeakable(
+                f"{_quote(text)} is not a valid date: {_field(fields['d'])} is not a day{where}"
+            )
     month_name = _MONTHS[month - 1] if month else ""
     day_name = ordinal_words(day) if day else ""
     year_name = year_words(year) if year else ""
@@ -338,7 +354,7 @@ def time_of_day(text: str, time_format: str | None = None) -> str:
     value = text.strip()
     if time_format is not None and time_format not in TIME_FORMATS:
         raise NotSpeakable(
-            f'time format "{time_format}" is not supported; supported: {", ".join(TIME_FORMATS)}'
+            f"time format {_quote(time_format)} is not supported; supported: {', '.join(TIME_FORMATS)}"
         )
     expected = "expected H:MM or H:MM:SS, optionally with am/pm, e.g. 14:30 or 2:30pm"
     match = _TIME.fullmatch(value) or _TIME_24.fullmatch(value)

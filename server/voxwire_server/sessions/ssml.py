@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from xml.parsers import expat
 
-from voxwire_server.errors import InvalidInput
+from voxwire_server.errors import QUOTE_CHARS, InvalidInput, quoted
 from voxwire_server.sessions import spoken
 
 __all__ = [
@@ -111,6 +111,11 @@ _IPA_PAIRS = {"eɪ": "A", "aɪ": "I", "aʊ": "W", "ɔɪ": "Y", "oʊ": "O", "əʊ
 _IPA_SINGLE = {"r": "ɹ", "g": "ɡ", "ɚ": "əɹ", "ɝ": "ɜɹ", "ɾ": "T"}
 
 Position = tuple[int, int]
+
+
+def _tag(name: str) -> str:
+    """An element name for an error message, cut like errors.quoted cuts caller text."""
+    return f"<{name}>" if len(name) <= QUOTE_CHARS else f"<{name[:QUOTE_CHARS]}...> ({len(name)} characters)"
 
 
 def is_ssml(text: str) -> bool:
@@ -257,10 +262,10 @@ class _Parser:
         at = self._here()
         parent = self._stack[-1] if self._stack else None
         if parent is None and name != "speak":
-            raise _SsmlError(at, f"the root element must be <speak>, not <{name}>")
+            raise _SsmlError(at, f"the root element must be <speak>, not {_tag(name)}")
         if name not in _ATTRIBUTES:
             supported = ", ".join(f"<{n}>" for n in SUPPORTED_ELEMENTS)
-            raise _SsmlError(at, f"<{name}> is not supported; supported elements: {supported}")
+            raise _SsmlError(at, f"{_tag(name)} is not supported; supported elements: {supported}")
         if parent is not None:
             self._check_nesting(parent, name, at)
         self._check_attributes(name, attrs, at)
@@ -318,7 +323,7 @@ class _Parser:
         if parent.name == "break":
             raise _SsmlError(at, _EMPTY_BREAK)
         if parent.name in _TEXT_ONLY:
-            raise _SsmlError(at, f"<{parent.name}> may contain only text, not <{name}>")
+            raise _SsmlError(at, f"<{parent.name}> may contain only text, not {_tag(name)}")
         if name == "speak":
             raise _SsmlError(at, "<speak> must be the root element; it cannot be nested")
         if name in ("p", "s"):
@@ -338,7 +343,7 @@ class _Parser:
             supported = ", ".join(allowed) or "none"
             raise _SsmlError(
                 self._attribute_at(at, attr),
-                f'<{name}> attribute "{attr}" is not supported; supported: {supported}',
+                f"<{name}> attribute {quoted(attr)} is not supported; supported: {supported}",
             )
 
     def _check_language(self, name: str, attrs: dict[str, str], at: Position) -> None:
@@ -346,7 +351,8 @@ class _Parser:
         if lang is not None and not _ENGLISH.fullmatch(lang.strip()):
             raise _SsmlError(
                 self._attribute_at(at, "xml:lang"),
-                f'<{name}> xml:lang "{lang}" is not supported; the voice speaks English (en, en-US, ...)',
+                f"<{name}> xml:lang {quoted(lang)} is not supported; the voice speaks English "
+                "(en, en-US, ...)",
             )
 
     def _break_ms(self, attrs: dict[str, str], at: Position) -> int:
@@ -354,7 +360,7 @@ class _Parser:
         if strength is not None and strength not in BREAK_STRENGTH_MS:
             raise _SsmlError(
                 self._attribute_at(at, "strength"),
-                f'<break> strength "{strength}" is not one of {", ".join(BREAK_STRENGTH_MS)}',
+                f"<break> strength {quoted(strength)} is not one of {', '.join(BREAK_STRENGTH_MS)}",
             )
         time = attrs.get("time")
         if time is None:
@@ -362,11 +368,11 @@ class _Parser:
         time_at = self._attribute_at(at, "time")
         match = _DURATION.fullmatch(time.strip())
         if match is None:
-            raise _SsmlError(time_at, f'<break> time "{time}" is not a duration (use e.g. 500ms or 2s)')
+            raise _SsmlError(time_at, f"<break> time {quoted(time)} is not a duration (use e.g. 500ms or 2s)")
         ms = float(match[1]) * (1000 if match[2] == "s" else 1)
         if ms > self._max_break_ms:
             raise _SsmlError(
-                time_at, f'<break> time "{time}" is longer than the limit of {self._max_break_ms}ms'
+                time_at, f"<break> time {quoted(time)} is longer than the limit of {self._max_break_ms}ms"
             )
         return round(ms)
 
@@ -382,7 +388,7 @@ class _Parser:
         if factor <= 0:
             raise _SsmlError(
                 self._attribute_at(at, "rate"),
-                f'<prosody> rate "{value}" is not supported (use {", ".join(_RATE_WORDS)}, '
+                f"<prosody> rate {quoted(value)} is not supported (use {', '.join(_RATE_WORDS)}, "
                 "a positive percentage like 150% or a multiplier like 1.5)",
             )
         return factor
@@ -396,7 +402,7 @@ class _Parser:
         if kind is None:
             raise _SsmlError(
                 self._attribute_at(at, "interpret-as"),
-                f'<say-as> interpret-as "{given}" is not supported; supported: {supported}',
+                f"<say-as> interpret-as {quoted(given)} is not supported; supported: {supported}",
             )
         form = attrs.get("format")
         formats = {"date": spoken.DATE_FORMATS, "time": spoken.TIME_FORMATS}.get(kind)
@@ -405,7 +411,9 @@ class _Parser:
         if formats is None:
             message = '<say-as> format is only supported with interpret-as="date" or "time"'
         elif form not in formats:
-            message = f'<say-as> format "{form}" is not supported for {kind}; supported: {", ".join(formats)}'
+            message = (
+                f"<say-as> format {quoted(form)} is not supported for {kind}; supported: {', '.join(formats)}"
+            )
         else:
             return kind
         raise _SsmlError(self._attribute_at(at, "format"), message)
@@ -421,7 +429,7 @@ class _Parser:
         if alphabet not in _ALPHABETS:
             raise _SsmlError(
                 self._attribute_at(at, "alphabet"),
-                f'<phoneme> alphabet "{alphabet}" is not supported; supported: {", ".join(_ALPHABETS)}',
+                f"<phoneme> alphabet {quoted(alphabet)} is not supported; supported: {', '.join(_ALPHABETS)}",
             )
         ph = attrs.get("ph", "")
         phonemes = ipa_to_hibari(ph) if alphabet == "ipa" else " ".join(ph.split())
@@ -432,8 +440,9 @@ class _Parser:
         if bad is not None:
             raise _SsmlError(
                 ph_at,
-                f'<phoneme> ph "{ph}": "{bad}" (U+{ord(bad):04X}) is not a symbol of the voice\'s alphabet'
-                + (f' (after conversion from ipa: "{phonemes}")' if alphabet == "ipa" else ""),
+                f'<phoneme> ph {quoted(ph)}: "{bad}" (U+{ord(bad):04X}) is not a symbol of the '
+                "voice's alphabet"
+                + (f" (after conversion from ipa: {quoted(phonemes)})" if alphabet == "ipa" else ""),
             )
         return phonemes
 
@@ -451,7 +460,7 @@ class _Parser:
             if frame.text_at is not None and content.strip():
                 at = _advance(frame.text_at, content[: len(content) - len(content.lstrip())])
             given = frame.attrs["interpret-as"]
-            raise _SsmlError(at, f'<say-as interpret-as="{given}">: {exc}') from None
+            raise _SsmlError(at, f'<say-as interpret-as="{given.strip()}">: {exc}') from None
 
     # -- positions ------------------------------------------------------------------------------
     def _here(self) -> Position:

@@ -26,7 +26,7 @@ from voxwire_server.domain import (
 from voxwire_server.engines.audio import check_output_format, wav_header
 from voxwire_server.engines.base import SpeechSynthesizer
 from voxwire_server.engines.splicing import Prefix
-from voxwire_server.errors import InvalidInput
+from voxwire_server.errors import InvalidInput, LimitExceeded
 from voxwire_server.sessions.reply_audio import ReplyChunks, ReplyEncoder, encode_as
 from voxwire_server.sessions.speech_plan import Silence, Speech, Unit, plan_ssml, plan_text
 from voxwire_server.sessions.ssml import MAX_RATE, MIN_RATE, parse_ssml
@@ -51,7 +51,12 @@ class SynthesisLimits:
     # The joint check: the shared word as cached and as synthesized again may differ this much.
     max_joint_pitch_st: float = 3.0
     max_joint_step_db: float = 10.0
-    max_warmup_items: int = 1000
+    max_warmup_items: int = 100
+    # All phrases and templates of one Warmup together.
+    max_warmup_chars: int = 20_000
+    # The longest reply (speech and breaks): longer is OUT_OF_RANGE, before any synthesis when
+    # the breaks alone are longer, else when synthesis reaches it.
+    max_synthesis_s: float = 120.0
 
 
 @dataclass
@@ -132,7 +137,18 @@ class SynthesisSession:
             units = await plan_text(self._tts, plan.voice, text, request.speaking_rate)
         if not any(isinstance(u, Speech) for u in units):
             raise InvalidInput(f"{request.input.value} has nothing to speak (no pronounceable words)")
+        silence_s = sum(u.ms for u in units if isinstance(u, Silence)) / 1000
+        if silence_s > self._limits.max_synthesis_s:
+            raise LimitExceeded(
+                f"the {request.input.value}'s breaks and pauses alone are {silence_s:g} s; a reply may be at "
+                f"most {self._limits.max_synthesis_s:g} s (max_synthesis_s)"
+            )
         return units
+
+    def _encoder(self, request: SynthesisRequest, sample_rate_hz: int) -> ReplyEncoder:
+        return ReplyEncoder(
+            request, self._tts.sample_rate_hz, sample_rate_hz, max_duration_s=self._limits.max_synthesis_s
+        )
 
     async def _render(self, voice: str, unit: Unit) -> Float32Array:
         if isinstance(unit, Silence):
@@ -180,7 +196,7 @@ class SynthesisSession:
                 for chunk in self._replay(plan, hit)[1]:
                     yield chunk
                 return
-        emitter = ReplyEncoder(request, self._tts.sample_rate_hz, plan.sample_rate_hz)
+        emitter = self._encoder(request, plan.sample_rate_hz)
         try:
             async for chunk in self._produce(plan, emitter, streaming=True):
                 yield chunk
@@ -199,7 +215,7 @@ class SynthesisSession:
         if hit is not None:
             chunks = self._replay(plan, hit)[0]
         else:
-            chunks = emitter = ReplyEncoder(request, self._tts.sample_rate_hz, plan.sample_rate_hz)
+            chunks = emitter = self._encoder(request, plan.sample_rate_hz)
             try:
                 async for _ in self._produce(plan, emitter, streaming=False):
                     pass
@@ -232,7 +248,14 @@ class SynthesisSession:
             raise InvalidInput("warmup needs phrases or templates")
         if len(phrases) + len(templates) > self._limits.max_warmup_items:
             raise InvalidInput(
-                f"at most {self._limits.max_warmup_items} phrases and templates per warmup call"
+                f"at most {self._limits.max_warmup_items} phrases and templates per warmup call "
+                f"(max_warmup_items); got {len(phrases) + len(templates)}"
+            )
+        chars = sum(len(p) for p in phrases) + sum(len(t) for t in templates)
+        if chars > self._limits.max_warmup_chars:
+            raise InvalidInput(
+                f"a warmup call's phrases and templates may have {self._limits.max_warmup_chars} characters "
+                f"in all (max_warmup_chars); got {chars}"
             )
         plans = [self._prepare(replace(request, text=p, input=SynthesisInput.TEXT)) for p in phrases]
         parsed = []
@@ -244,7 +267,7 @@ class SynthesisSession:
             parsed.append((source, template))
         n_phrases = n_templates = 0
         for plan in plans:
-            emitter = ReplyEncoder(plan.request, self._tts.sample_rate_hz, plan.sample_rate_hz)
+            emitter = self._encoder(plan.request, plan.sample_rate_hz)
             try:
                 async for _ in self._produce(plan, emitter, streaming=False):
                     pass

@@ -10,11 +10,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from voxwire_server.errors import InvalidInput
+from voxwire_server.errors import InvalidInput, quoted
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_SLOTS = 16
 MAX_ENTITY_CHARS = 200
+
+
+def _names(names: list[str] | tuple[str, ...]) -> str:
+    """Slot or entity names for an error message: caller text, so cut when long."""
+    joined = ", ".join(names)
+    return joined if len(joined) <= 60 else quoted(joined)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,19 +51,19 @@ class Template:
         """The reply's text; every slot needs a value, and every value a slot."""
         missing = [name for name in self.slots if name not in entities]
         if missing:
-            raise InvalidInput(f"template entities are missing a value for: {', '.join(missing)}")
+            raise InvalidInput(f"template entities are missing a value for: {_names(missing)}")
         extra = sorted(set(entities) - set(self.slots))
         if extra:
-            raise InvalidInput(f"template has no slot named: {', '.join(extra)}")
+            raise InvalidInput(f"template has no slot named: {_names(extra)}")
         for name, value in entities.items():
             if not value.strip():
-                raise InvalidInput(f"entity {name!r} is empty")
+                raise InvalidInput(f"entity {quoted(name)} is empty")
             if len(value) > MAX_ENTITY_CHARS:
                 raise InvalidInput(
-                    f"entity {name!r} is {len(value)} characters; the limit is {MAX_ENTITY_CHARS}"
+                    f"entity {quoted(name)} is {len(value)} characters; the limit is {MAX_ENTITY_CHARS}"
                 )
             if "<" in value and ">" in value:
-                raise InvalidInput(f"entity {name!r} looks like markup; entities are plain text")
+                raise InvalidInput(f"entity {quoted(name)} looks like markup; entities are plain text")
         return "".join(
             " ".join(entities[p.name].split()) if isinstance(p, Slot) else p for p in self.parts
         ).strip()
@@ -93,7 +99,7 @@ def parse_template(source: str) -> Template:
         name = source[i + 1 : end].strip()
         if not _NAME.fullmatch(name):
             raise InvalidInput(
-                f"template: slot name {name!r} at character {i + 1} must be a word like {{song}}"
+                f"template: slot name {quoted(name)} at character {i + 1} must be a word like {{song}}"
             )
         if literal:
             parts.append("".join(literal))

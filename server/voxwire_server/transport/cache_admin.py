@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from voxwire.v1 import cache_admin_pb2, cache_admin_pb2_grpc
-from voxwire_server import __version__
+from voxwire_server import __version__, auth
 from voxwire_server.errors import InvalidInput, NotImplementedCapability
 from voxwire_server.logcontext import new_request_id
 from voxwire_server.sessions.runtime import Runtime
@@ -18,6 +18,16 @@ from voxwire_server.transport.status import mapped_errors
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _purge_scope(body_tenant: str, body_user: str) -> tuple[str, str]:
+    """An operator purges in any tenant (the body's, or its own when empty); an admin only in its own."""
+    principal = auth.current()
+    if principal.authenticated and auth.OPERATOR in principal.roles:
+        auth.check_id("tenant_id", body_tenant)
+        auth.check_id("user_id", body_user)
+        return body_tenant or principal.tenant_id, body_user
+    return auth.scoped_ids(body_tenant, body_user)
 
 
 class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
@@ -30,7 +40,6 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
         new_request_id()
         async with mapped_errors(context):
             if request.tenant_id:
-                # Until tenants come from credentials, one tenant's view would be anybody's to read.
                 raise NotImplementedCapability(
                     "GetStats for one tenant (tenant_id); leave it empty for the server's totals"
                 )
@@ -62,8 +71,9 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
         async with mapped_errors(context):
             if not request.user_id:
                 raise InvalidInput("user_id is empty: PurgeUser removes one user's entries")
+            tenant_id, user_id = _purge_scope(request.tenant_id, request.user_id)
             cache = self._rt.synthesis_cache
-            removed = await cache.purge_user(request.tenant_id, request.user_id) if cache is not None else 0
+            removed = await cache.purge_user(tenant_id, user_id) if cache is not None else 0
             log.info("purged %d cache entries of one user", removed)
             return cache_admin_pb2.PurgeUserResponse(entries_removed=removed)
 
@@ -73,9 +83,10 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
         rid = new_request_id()
         async with mapped_errors(context):
             base = convert.warmup_request(request, rid)
-            phrases, templates = await self._rt.synthesis().warmup(
-                base, list(request.phrases), list(request.templates)
-            )
+            with self._rt.admit_call("warmup", auth.current().tenant_id, auth.current().priority):
+                phrases, templates = await self._rt.synthesis().warmup(
+                    base, list(request.phrases), list(request.templates)
+                )
             return cache_admin_pb2.WarmupResponse(phrases_cached=phrases, templates_cached=templates)
 
     async def SubmitCorrection(

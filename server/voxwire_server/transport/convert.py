@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from voxwire.v1 import cache_admin_pb2, common_pb2, recognizer_pb2, synthesizer_pb2
+from voxwire_server import auth
 from voxwire_server.domain import (
     AudioFormat,
     CachePolicy,
@@ -22,6 +23,7 @@ from voxwire_server.domain import (
     SynthesisInput,
     SynthesisRequest,
     Tier,
+    UtteranceEnd,
     VoiceInfo,
 )
 from voxwire_server.errors import InvalidInput
@@ -45,7 +47,17 @@ _EVENTS_PB = {
     SpeechEventType.END_OF_UTTERANCE: recognizer_pb2.SpeechEvent.END_OF_UTTERANCE,
     SpeechEventType.END_OF_SINGLE_UTTERANCE: recognizer_pb2.SpeechEvent.END_OF_SINGLE_UTTERANCE,
 }
+_ENDS_PB = {
+    UtteranceEnd.SILENCE: recognizer_pb2.UTTERANCE_END_SILENCE,
+    UtteranceEnd.MAX_DURATION: recognizer_pb2.UTTERANCE_END_MAX_DURATION,
+    UtteranceEnd.END_OF_AUDIO: recognizer_pb2.UTTERANCE_END_END_OF_AUDIO,
+    UtteranceEnd.STREAM_LIMIT: recognizer_pb2.UTTERANCE_END_STREAM_LIMIT,
+    UtteranceEnd.SHUTDOWN: recognizer_pb2.UTTERANCE_END_SHUTDOWN,
+}
 MAX_HOTWORDS = 100
+MAX_HOTWORD_CHARS = 100
+# Hotwords and prompt together, in characters: checked before anything is tokenized (the recognizer
+# then checks them in tokens: Whisper's prompt holds 223, shared with what was said before).
 MAX_PROMPT_CHARS = 1000
 MAX_REQUEST_ID_CHARS = 64
 _REQUEST_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}")
@@ -53,16 +65,18 @@ _REQUEST_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}")
 
 def context(pb: common_pb2.RequestContext, request_id: str) -> RequestContext:
     """The request's context; its request_id is the client's when given (it goes into every log
-    line, so it is held to a short, plain form), else the server's."""
+    line, so it is held to a short, plain form), else the server's. The tenant is the caller's
+    (from its API key), never the body's; see auth.scoped_ids."""
     if pb.cache_policy not in _POLICIES:
         raise InvalidInput(f"unknown cache_policy {pb.cache_policy}")
     if pb.request_id and not _REQUEST_ID.fullmatch(pb.request_id):
         raise InvalidInput(
             f"request_id must be 1 to {MAX_REQUEST_ID_CHARS} letters, digits or . _ : - (or empty)"
         )
+    tenant_id, user_id = auth.scoped_ids(pb.tenant_id, pb.user_id)
     return RequestContext(
-        tenant_id=pb.tenant_id,
-        user_id=pb.user_id,
+        tenant_id=tenant_id,
+        user_id=user_id,
         cache_policy=_POLICIES[pb.cache_policy],
         request_id=pb.request_id or request_id,
     )
@@ -86,8 +100,16 @@ def recognition_options(
         raise InvalidInput("sample_rate_hz and channels must not be negative")
     if pb.max_alternatives < 0:
         raise InvalidInput("max_alternatives must not be negative")
-    if len(pb.hotwords) > MAX_HOTWORDS or len(pb.prompt) > MAX_PROMPT_CHARS:
-        raise InvalidInput(f"at most {MAX_HOTWORDS} hotwords and a prompt of {MAX_PROMPT_CHARS} characters")
+    if len(pb.hotwords) > MAX_HOTWORDS:
+        raise InvalidInput(f"at most {MAX_HOTWORDS} hotwords, got {len(pb.hotwords)}")
+    longest = max((len(h) for h in pb.hotwords), default=0)
+    if longest > MAX_HOTWORD_CHARS:
+        raise InvalidInput(f"a hotword is {longest} characters; the limit is {MAX_HOTWORD_CHARS}")
+    chars = len(pb.prompt) + sum(len(h) + 1 for h in pb.hotwords)
+    if chars > MAX_PROMPT_CHARS:
+        raise InvalidInput(
+            f"hotwords and prompt are {chars} characters together; the limit is {MAX_PROMPT_CHARS}"
+        )
     tiers: dict[int, Tier] = {
         recognizer_pb2.MODEL_TIER_UNSPECIFIED: default_tier,
         recognizer_pb2.MODEL_TIER_FAST: Tier.FAST,
@@ -149,6 +171,7 @@ def result(r: Result) -> recognizer_pb2.RecognitionResult:
         cache_status=recognizer_pb2.CACHE_STATUS_UNSPECIFIED,
         model_tier=_TIERS_PB[r.tier],
         processing_latency_ms=r.processing_latency_ms,
+        end=_ENDS_PB[r.end] if r.end is not None else recognizer_pb2.UTTERANCE_END_UNSPECIFIED,
     )
 
 

@@ -11,13 +11,15 @@ from typing import Any
 import grpc
 
 from voxwire.v1 import recognizer_pb2, recognizer_pb2_grpc
-from voxwire_server.domain import AudioChunk, EndOfAudio, Result, StreamInput, StreamStart, StreamUpdate
+from voxwire_server import auth
+from voxwire_server.domain import AudioChunk, EndOfAudio, StreamInput, StreamStart, StreamUpdate
 from voxwire_server.errors import InvalidInput
 from voxwire_server.logcontext import new_request_id, use_request_id
 from voxwire_server.sessions.recognition import RecognitionStream, recognize_clip
 from voxwire_server.sessions.runtime import Runtime
 from voxwire_server.transport import convert
 from voxwire_server.transport.status import mapped_errors
+from voxwire_server.transport.writer import StreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,17 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                 request.config, self._rt.endpointing, self._rt.default_tier, rid
             )
             use_request_id(options.context.request_id)
-            results, duration_ms = await recognize_clip(
-                self._rt.recognizer, self._rt.vad_factory, request.audio, options, self._rt.recognition_limits
-            )
+            with self._rt.admit_call("recognize", options.context.tenant_id, auth.current().priority):
+                results, duration_ms = await recognize_clip(
+                    self._rt.recognizer,
+                    self._rt.vad_factory,
+                    request.audio,
+                    options,
+                    self._rt.recognition_limits,
+                    self._rt.streams,
+                )
             log.info("recognized %d ms of audio into %d segments", duration_ms, len(results))
+            self._rt.telemetry.recognize_latency.observe(time.perf_counter() - started)
             return recognizer_pb2.RecognizeResponse(
                 results=[convert.result(r) for r in results],
                 audio_duration_ms=duration_ms,
@@ -76,22 +85,32 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
             )
             use_request_id(start.options.context.request_id)
             recognizer = self._rt.recognizer
-            self._rt.admit_stream()
+            shedding = self._rt.admit_stream(start.options.context.tenant_id, auth.current().priority)
             try:
                 log.info("stream %s opened", start.stream_id)
 
+                latencies = self._rt.telemetry.stream_latencies()
+
                 async def emit(update: StreamUpdate) -> None:
-                    if isinstance(update.payload, Result) and update.payload.is_final:
-                        self._rt.telemetry.final_latency.observe(update.payload.processing_latency_ms / 1000)
-                    await context.write(convert.stream_update(update, start.stream_id))
+                    latencies(update)
+                    await writer.send(convert.stream_update(update, start.stream_id))
 
                 stream = RecognitionStream(
-                    start, recognizer, self._rt.vad_factory, self._rt.recognition_limits, emit
+                    start,
+                    recognizer,
+                    self._rt.vad_factory,
+                    self._rt.recognition_limits,
+                    emit,
+                    shedding=shedding,
+                    stop=self._rt.stopping,
                 )
-                await stream.run(_inputs(request_iterator))
+                # Leaving the writer's block waits for queued responses to be written, so the
+                # status that follows (OK or an error) never races a write.
+                async with StreamWriter(context) as writer:
+                    await stream.run(_inputs(request_iterator))
                 log.info("stream %s finished", start.stream_id)
             finally:
-                self._rt.telemetry.stream_closed()
+                self._rt.stream_closed(shedding)
 
 
 async def _inputs(

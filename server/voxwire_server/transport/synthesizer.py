@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from voxwire.v1 import synthesizer_pb2, synthesizer_pb2_grpc
+from voxwire_server import auth
 from voxwire_server.config import OUTPUT_SAMPLE_RATES_HZ
 from voxwire_server.logcontext import new_request_id, use_request_id
 from voxwire_server.sessions.runtime import Runtime
@@ -29,11 +30,14 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         self, request: synthesizer_pb2.SynthesizeRequest, context: Context
     ) -> synthesizer_pb2.SynthesizeResponse:
         rid = new_request_id()
+        started = time.perf_counter()
         self._rt.telemetry.synthesize_requests += 1
         async with mapped_errors(context):
             req = convert.synthesis_request(request, rid)
             use_request_id(req.context.request_id)
-            audio, voice = await self._rt.synthesis().synthesize(req)
+            with self._rt.admit_call("synthesize", req.context.tenant_id, auth.current().priority):
+                audio, voice = await self._rt.synthesis().synthesize(req)
+            self._rt.telemetry.synthesize_latency.observe(time.perf_counter() - started)
             log.info(
                 "synthesized %d ms with voice %s (cache: %s)",
                 audio.duration_ms,
@@ -61,11 +65,12 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
                 req = convert.synthesis_request(request, rid)
                 use_request_id(req.context.request_id)
                 sequence = 0
-                async for audio in self._rt.synthesis().stream(req):
-                    if sequence == 0:
-                        self._rt.telemetry.tts_first_audio.observe(time.perf_counter() - started)
-                    yield convert.chunk(audio, sequence)
-                    sequence += 1
+                with self._rt.admit_call("synthesize", req.context.tenant_id, auth.current().priority):
+                    async for audio in self._rt.synthesis().stream(req):
+                        if sequence == 0:
+                            self._rt.telemetry.tts_first_audio.observe(time.perf_counter() - started)
+                        yield convert.chunk(audio, sequence)
+                        sequence += 1
         finally:
             self._rt.telemetry.tts_streams.dec()
 

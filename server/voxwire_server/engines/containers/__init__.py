@@ -16,9 +16,9 @@ from voxwire_server.engines.containers.ogg import OggOpusStream
 __all__ = ["MAX_SNIFF_BYTES", "ContainerStream", "FlacStream", "OggOpusStream", "open_container_stream"]
 
 
-def open_container_stream(fmt: AudioFormat, target_rate_hz: int) -> ContainerStream:
+def open_container_stream(fmt: AudioFormat, target_rate_hz: int, max_chunk_ms: int = 0) -> ContainerStream:
     if fmt.encoding is Encoding.FLAC:
-        return FlacStream(fmt, target_rate_hz)
+        return FlacStream(fmt, target_rate_hz, max_chunk_ms)
     if fmt.encoding is Encoding.OGG_OPUS:
-        return OggOpusStream(fmt, target_rate_hz)
+        return OggOpusStream(fmt, target_rate_hz, max_chunk_ms)
     raise ValueError(f"{fmt.encoding.name} is not a streamed container encoding")

@@ -9,7 +9,7 @@ import av
 from av.audio.codeccontext import AudioCodecContext
 
 from voxwire_server.domain import AudioFormat
-from voxwire_server.engines.containers.base import MAX_SNIFF_BYTES, ContainerStream
+from voxwire_server.engines.containers.base import MAX_RATE_HZ, MAX_SNIFF_BYTES, MIN_RATE_HZ, ContainerStream
 from voxwire_server.errors import InvalidInput
 
 _MAX_FLAC_HEADER_BYTES: Final = 1024 * 1024
@@ -43,8 +43,8 @@ def _crc(data: bytes, table: tuple[int, ...], bits: int) -> int:
 class FlacStream(ContainerStream):
     """Native FLAC: the metadata blocks, then frames cut at the next valid frame header."""
 
-    def __init__(self, fmt: AudioFormat, target_rate_hz: int) -> None:
-        super().__init__(fmt, target_rate_hz)
+    def __init__(self, fmt: AudioFormat, target_rate_hz: int, max_chunk_ms: int = 0) -> None:
+        super().__init__(fmt, target_rate_hz, max_chunk_ms)
         self._header_done = False
         self._magic_seen = False
         self._last_block = False
@@ -163,6 +163,11 @@ class FlacStream(ContainerStream):
         self._bits, self._total_samples = ((packed >> 36) & 31) + 1, packed & ((1 << 36) - 1)
         if not rate:
             raise self._invalid("the FLAC STREAMINFO block gives no sample rate")
+        if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
+            # Resampling an absurd rate (1 Hz) up to 16 kHz turns a few bytes into hours of audio.
+            raise InvalidInput(
+                f"the FLAC header declares {rate} Hz; supported rates are {MIN_RATE_HZ}..{MAX_RATE_HZ} Hz"
+            )
         self._check_format(rate, channels, (rate,), f"{rate} Hz")
         self._rate = rate
         worst = max_frame or (self._max_block or 65535) * channels * self._bits // 8 + 1024

@@ -54,8 +54,8 @@ class OggOpusStream(ContainerStream):
     accepted (a live encoder cut off looks the same); one that stops inside a page or packet is not.
     """
 
-    def __init__(self, fmt: AudioFormat, target_rate_hz: int) -> None:
-        super().__init__(fmt, target_rate_hz)
+    def __init__(self, fmt: AudioFormat, target_rate_hz: int, max_chunk_ms: int = 0) -> None:
+        super().__init__(fmt, target_rate_hz, max_chunk_ms)
         self._page: _Page | None = None
         self._pages = 0
         self._headers_done = False  # a page that starts no stream arrived: no new streams may begin
