@@ -158,7 +158,14 @@ class App:
         else:
             log.info("authentication on: %d API keys", len(keys))
         if not self.config.tls_cert:
-            log.info("TLS off (plaintext gRPC)")
+            if keys is not None and not self.config.listens_on_loopback:
+                log.warning(
+                    "TLS off on %s: API keys cross the network in the clear (fine behind a proxy that "
+                    "terminates TLS on this host; otherwise give --tls-cert and --tls-key)",
+                    self.config.listen,
+                )
+            else:
+                log.info("TLS off (plaintext gRPC)")
         self._grpc = build_server(self.config, self.runtime, keys)
         await self._grpc.set_serving(False)
         await self._grpc.server.start()

@@ -16,6 +16,7 @@ may read the server's statistics, warm the shared cache tier and purge any tenan
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import re
@@ -59,7 +60,8 @@ LOCAL = Principal(tenant_id="", priority=MAX_PRIORITY, authenticated=False, key_
 # A call that needs no credentials (health), with auth on: no roles, no tenant.
 ANONYMOUS = Principal(tenant_id="", roles=frozenset(), key_id="anonymous")
 
-_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("voxwire_principal", default=LOCAL)
+# Outside a call the transport set up, nobody: the default grants nothing.
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("voxwire_principal", default=ANONYMOUS)
 
 
 def current() -> Principal:
@@ -72,7 +74,9 @@ def use(principal: Principal) -> contextvars.Token[Principal]:
 
 
 def reset(token: contextvars.Token[Principal]) -> None:
-    _current.reset(token)
+    # A response generator closed late (by the collector) runs in another context: nothing to undo.
+    with contextlib.suppress(ValueError):
+        _current.reset(token)
 
 
 def key_digest(key: str) -> str:

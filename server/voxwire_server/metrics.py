@@ -196,7 +196,8 @@ class StreamLatencies:
         payload = update.payload
         if isinstance(payload, SpeechEvent):
             if payload.type is SpeechEventType.SPEECH_STARTED:
-                self._speech_started[payload.utterance_index] = self._clock()
+                # Only the utterance under way: one that ended without a result leaves nothing.
+                self._speech_started = {payload.utterance_index: self._clock()}
         elif isinstance(payload, Result):
             started = self._speech_started.pop(payload.utterance_index, None)
             if payload.is_final:

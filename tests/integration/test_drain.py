@@ -64,7 +64,9 @@ async def _run_stream(
     wanted = SpeechEventType.SPEECH_STARTED if paced else SpeechEventType.END_OF_UTTERANCE
     updates: list[StreamUpdate] = []
     try:
-        async for update in client.stream(str(SAMPLE_JFK), RecognitionConfig(), realtime=paced, chunk_ms=100):
+        # Paced streams ask for partials: their shedding checks run while the server drains.
+        config = RecognitionConfig(interim_results=paced)
+        async for update in client.stream(str(SAMPLE_JFK), config, realtime=paced, chunk_ms=100):
             updates.append(update)
             if update.speech_event is not None and update.speech_event.type is wanted:
                 started.set()

@@ -106,8 +106,17 @@ def test_the_tenant_comes_from_the_key_and_a_different_body_tenant_is_refused() 
 
 
 def test_with_auth_off_the_ids_are_taken_as_sent() -> None:
-    assert auth.current() is auth.LOCAL
-    assert auth.scoped_ids("acme", "u1") == ("acme", "u1")
+    token = _as(auth.LOCAL)
+    try:
+        assert auth.scoped_ids("acme", "u1") == ("acme", "u1")
+    finally:
+        auth.reset(token)
+
+
+def test_outside_a_call_nobody_is_trusted() -> None:
+    assert auth.current() is auth.ANONYMOUS
+    with pytest.raises(PermissionDenied):
+        auth.scoped_ids("acme", "u1")
 
 
 def test_auth_may_be_off_only_on_loopback(tmp_path: Any) -> None:

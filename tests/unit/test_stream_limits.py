@@ -12,8 +12,16 @@ import pytest
 
 from tests.unit.test_endpointing import EnergyVad, pattern
 from tests.unit.test_recognition_stream import ScriptedRecognizer, feed, options
-from voxwire_server.domain import RecognitionOptions, Result, StreamInput, StreamStart, StreamUpdate, Tier
-from voxwire_server.errors import LimitExceeded
+from voxwire_server.domain import (
+    RecognitionOptions,
+    Result,
+    StreamInput,
+    StreamStart,
+    StreamUpdate,
+    Tier,
+    UtteranceEnd,
+)
+from voxwire_server.errors import LimitExceeded, Unavailable
 from voxwire_server.sessions.recognition import RecognitionLimits, RecognitionStream
 
 # One utterance that ends (speech, then enough silence), then one still going when the audio stops.
@@ -189,3 +197,58 @@ async def test_a_client_cancel_during_the_wait_is_not_a_limit(limit: str) -> Non
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_drain_finalizes_what_was_heard_and_ends_unavailable() -> None:
+    sent, stop = asyncio.Event(), asyncio.Event()
+    updates: list[StreamUpdate] = []
+
+    async def emit(update: StreamUpdate) -> None:
+        updates.append(update)
+
+    stream = RecognitionStream(
+        StreamStart(options()),
+        ScriptedRecognizer(),
+        lambda a: EnergyVad(),
+        RecognitionLimits(),
+        emit,
+        stop=stop,
+    )
+
+    async def drain_when_sent() -> None:
+        await sent.wait()
+        stop.set()
+
+    with pytest.raises(ExceptionGroup) as info:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(drain_when_sent())
+            tg.create_task(asyncio.wait_for(stream.run(then_stall(ONE_ENDED_ONE_OPEN, sent)), timeout=30))
+    matched, _ = info.value.split(Unavailable)
+    assert matched is not None, info.value
+    ends = [f.end for f in finals(updates)]
+    # The utterance that ended on silence, then the open one, finalized by the drain.
+    assert ends == [UtteranceEnd.SILENCE, UtteranceEnd.SHUTDOWN]
+    # Every sample that arrived was decoded: the last final reaches the end of the audio sent.
+    assert finals(updates)[-1].end_ms == round(ONE_ENDED_ONE_OPEN.size / 16)
+
+
+async def test_a_cancelled_stream_stays_cancelled_even_while_draining() -> None:
+    sent, stop = asyncio.Event(), asyncio.Event()
+
+    async def emit(update: StreamUpdate) -> None:
+        pass
+
+    stream = RecognitionStream(
+        StreamStart(options()),
+        ScriptedRecognizer(),
+        lambda a: EnergyVad(),
+        RecognitionLimits(),
+        emit,
+        stop=stop,
+    )
+    task = asyncio.create_task(stream.run(then_stall(ONE_ENDED_ONE_OPEN, sent)))
+    await sent.wait()
+    task.cancel()
+    stop.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=30)

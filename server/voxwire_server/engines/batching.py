@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from voxwire_server.engines.base import DecoderLoad, PartialSkipped
+
+log = logging.getLogger(__name__)
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -244,7 +247,10 @@ class BatchWorker(Generic[J, R]):
                 continue
             if self.on_batch is not None:
                 started = time.monotonic()
-                self.on_batch(batch[0].priority, [started - e.submitted for e in batch])
+                try:
+                    self.on_batch(batch[0].priority, [started - e.submitted for e in batch])
+                except Exception:  # a metrics hook must never stop a decoder worker
+                    log.exception("the batch hook failed")
             started = time.monotonic()
             try:
                 results: list[R | BaseException] = list(self._run_batch([e.job for e in batch]))

@@ -234,7 +234,7 @@ class HibariSynthesizer:
         try:
             units = [str(u) for u in self._voices[voice].tts.phonemize(speakable(piece))]
         except _G2P_ERRORS as exc:
-            log.warning("the G2P failed on a piece of text: %s: %s", type(exc).__name__, exc)
+            log.warning("the G2P failed on a piece of text (%s)", type(exc).__name__)
             raise InvalidInput(f"this text cannot be read aloud: {quoted(piece)}") from None
         # hibari splits at clauses only; a clause of one long run of words is cut here.
         return [bounded for u in units for bounded in bounded_pieces(u)]
@@ -253,7 +253,7 @@ class HibariSynthesizer:
         try:
             return str(self._voices[voice].tts.g2p(speakable(text)))
         except _G2P_ERRORS as exc:
-            log.warning("the G2P failed on a piece of text: %s: %s", type(exc).__name__, exc)
+            log.warning("the G2P failed on a piece of text (%s)", type(exc).__name__)
             raise InvalidInput(f"this text cannot be read aloud: {quoted(text)}") from None
 
     async def phonemes(self, voice: str, text: str) -> str:

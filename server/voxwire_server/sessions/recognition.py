@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -337,55 +336,66 @@ class RecognitionStream:
         self._limit: _LimitReached | None = None
         self._audio_samples = 0
         self._stop = stop
-        self._stopped: asyncio.Future[Literal[True]] | None = None
+        # The drain: set once the server stops; the reader is interrupted only while it waits for
+        # the client (a chunk already read is always queued, never lost).
+        self._stop_requested = False
+        self._awaiting_input = False
+        self._interrupted = False
 
     async def run(self, inputs: AsyncIterator[StreamInput]) -> None:
-        try:
-            async with asyncio.TaskGroup() as tg:
-                reader = tg.create_task(self._read(inputs))
-                tg.create_task(self._work(tg, reader))
-        finally:
-            if self._stopped is not None:
-                self._stopped.cancel()
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(self._read(inputs))
+            watcher = tg.create_task(self._watch_stop(reader)) if self._stop is not None else None
+            tg.create_task(self._work(tg, reader, watcher))
 
-    async def _next_or_stop(self, items: AsyncIterator[StreamInput], opened_at: float) -> StreamInput | None:
-        """The client's next message, unless the server starts draining first."""
-        if self._stop is None:
-            return await self._next(items, opened_at)
-        if self._stopped is None:
-            self._stopped = asyncio.ensure_future(self._stop.wait())
-        stopped = self._stopped
-        if not stopped.done():
-            read = asyncio.ensure_future(self._next(items, opened_at))
-            try:
-                await asyncio.wait((read, stopped), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not read.done():
-                    read.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await read
-            if read.done() and not read.cancelled():
-                return read.result()
-        raise _LimitReached(
+    async def _watch_stop(self, reader: asyncio.Task[None]) -> None:
+        assert self._stop is not None
+        await self._stop.wait()
+        self._stop_requested = True
+        if self._awaiting_input and not reader.done():
+            self._interrupted = True
+            reader.cancel()
+
+    def _shutdown(self) -> _LimitReached:
+        return _LimitReached(
             SHUTDOWN, "the server is shutting down: the open utterance was finalized; reconnect"
         )
 
     async def _read(self, inputs: AsyncIterator[StreamInput]) -> None:
         try:
             await self._receive(inputs)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            # Only the drain's own interruption becomes a shutdown; any other cancel goes on.
+            if not self._interrupted or task is None or task.uncancel() > 0:
+                raise
+            await self._end_reading(self._shutdown())
         except _LimitReached as limit:
-            # As if the client had sent end_of_audio: the worker sends the finals of what arrived,
-            # then ends the stream with the limit's error.
-            self._limit = limit
-            arrived = self._clock()
-            try:
-                tail = await self._decode_input(None)
-            except InvalidInput:
-                # Cut off mid-frame (a compressed stream, a sample split across chunks): what was
-                # decoded so far stands.
-                tail = np.zeros(0, np.int16)
-            await self._queue.put((tail, arrived))
-            await self._queue.put((_END, arrived))
+            await self._end_reading(limit)
+
+    async def _end_reading(self, limit: _LimitReached) -> None:
+        """As if the client had sent end_of_audio: the worker sends the finals of what arrived, then
+        ends the stream with the limit's error."""
+        self._limit = limit
+        arrived = self._clock()
+        try:
+            tail = await self._decode_input(None)
+        except InvalidInput:
+            # Cut off mid-frame (a compressed stream, a sample split across chunks): what was
+            # decoded so far stands.
+            tail = np.zeros(0, np.int16)
+        await self._queue.put((tail, arrived))
+        await self._queue.put((_END, arrived))
+
+    async def _next_or_stop(self, items: AsyncIterator[StreamInput], opened_at: float) -> StreamInput | None:
+        """The client's next message, unless the server has started draining."""
+        if self._stop_requested:
+            raise self._shutdown()
+        self._awaiting_input = True
+        try:
+            return await self._next(items, opened_at)
+        finally:
+            self._awaiting_input = False
 
     async def _next(self, items: AsyncIterator[StreamInput], opened_at: float) -> StreamInput | None:
         """The client's next message (None at its end), within the idle and duration limits."""
@@ -456,7 +466,9 @@ class RecognitionStream:
             return await asyncio.to_thread(self._decoder.finish)
         return await asyncio.to_thread(self._decoder.feed, data)
 
-    async def _work(self, tg: asyncio.TaskGroup, reader: asyncio.Task[None]) -> None:
+    async def _work(
+        self, tg: asyncio.TaskGroup, reader: asyncio.Task[None], watcher: asyncio.Task[None] | None
+    ) -> None:
         try:
             while True:
                 item, arrived = await self._queue.get()
@@ -488,6 +500,8 @@ class RecognitionStream:
                 self._shedding.speaking(False)
             await self._stop_partial()
             reader.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
     async def _finish_utterance(self, event: UtteranceEnded, arrived: float) -> bool:
         """Decodes and sends the final; True when the stream is over (single-utterance mode).

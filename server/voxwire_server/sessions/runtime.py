@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from voxwire_server.caches.synthesis import SynthesisCache
 from voxwire_server.domain import Endpointing, Tier
-from voxwire_server.engines.base import SpeechRecognizer, SpeechSynthesizer
+from voxwire_server.engines.base import DecoderLoad, SpeechRecognizer, SpeechSynthesizer
 from voxwire_server.errors import Unavailable
 from voxwire_server.metrics import Telemetry
 from voxwire_server.sessions.admission import (
@@ -51,7 +51,7 @@ class Runtime:
 
         self.streams = StreamAdmission(
             self.admission,
-            lambda: self.recognizer.load(),
+            self._decoder_load,
             on_refused=refused,
             on_shed=lambda kind: t.asr_shed.labels(kind).inc(),
         )
@@ -64,6 +64,11 @@ class Runtime:
             )
             for kind in ("recognize", "synthesize", "warmup")
         }
+
+    def _decoder_load(self) -> DecoderLoad:
+        # Not through .recognizer: streams still finishing during a drain ask too, and must not be
+        # told the server is shutting down by their own shedding check.
+        return self._recognizer.load() if self._recognizer is not None else DecoderLoad()
 
     def begin_drain(self) -> None:
         """New calls are refused (UNAVAILABLE) from now on; open streams are told to wrap up."""

@@ -82,6 +82,15 @@ def context(pb: common_pb2.RequestContext, request_id: str) -> RequestContext:
     )
 
 
+def stream_id(value: str) -> str:
+    """A client's stream id: it is echoed in every response and logged, so short and plain."""
+    if value and not _REQUEST_ID.fullmatch(value):
+        raise InvalidInput(
+            f"stream_id must be 1 to {MAX_REQUEST_ID_CHARS} letters, digits or . _ : - (or empty)"
+        )
+    return value
+
+
 def encoding(value: int, *, default: Encoding | None = None) -> Encoding:
     if value == common_pb2.AUDIO_ENCODING_UNSPECIFIED and default is not None:
         return default

@@ -8,6 +8,7 @@ message that does not parse is INVALID_ARGUMENT, on every RPC, before any work i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -227,8 +228,11 @@ class _Call:
                 try:
                     result = inner(request, context)
                     if inspect.isasyncgen(result):
-                        async for response in result:
-                            yield response
+                        # Closed here when the call ends early, not whenever the collector gets to it:
+                        # what the handler holds (a concurrency slot, an encoder) goes back at once.
+                        async with contextlib.aclosing(result):
+                            async for response in result:
+                                yield response
                     else:
                         await result
                 finally:
@@ -268,8 +272,11 @@ class _Call:
                 try:
                     token = await self._admit(context)
                     try:
-                        async for response in inner(parsed(requests, context, abort=True), context):
-                            yield response
+                        async with contextlib.aclosing(
+                            inner(parsed(requests, context, abort=True), context)
+                        ) as g:
+                            async for response in g:
+                                yield response
                     finally:
                         auth.reset(token)
                 except BaseException as exc:

@@ -80,7 +80,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                 options=convert.recognition_options(
                     cfg.config, self._rt.endpointing, self._rt.default_tier, rid
                 ),
-                stream_id=cfg.stream_id or uuid.uuid4().hex,
+                stream_id=convert.stream_id(cfg.stream_id) or uuid.uuid4().hex,
                 resume_token=cfg.resume_token,
             )
             use_request_id(start.options.context.request_id)

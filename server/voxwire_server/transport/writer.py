@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 # Responses queued for the writer before an emit waits (backpressure on the session).
 QUEUE_MESSAGES = 64
+WRITE_TIMEOUT_S = 30.0
 
 
 class StreamWriter:
@@ -26,8 +27,14 @@ class StreamWriter:
     the call with any status."""
 
     def __init__(
-        self, context: grpc.aio.ServicerContext[Any, Any], queue_messages: int = QUEUE_MESSAGES
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        queue_messages: int = QUEUE_MESSAGES,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
+        """write_timeout_s: a client that takes in no response for this long is given up on (HTTP/2
+        flow control would otherwise hold the stream, and its slot, for as long as it likes)."""
+        self._write_timeout_s = write_timeout_s
         self._context = context
         self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_messages)
         self._task: asyncio.Task[None] | None = None
@@ -38,6 +45,8 @@ class StreamWriter:
         return self
 
     async def send(self, message: Any) -> None:
+        if isinstance(self._failed, StreamAbandoned):
+            raise StreamAbandoned(str(self._failed))
         if self._failed is not None:
             raise StreamAbandoned("the client stopped reading responses") from self._failed
         await self._queue.put(message)
@@ -50,7 +59,15 @@ class StreamWriter:
             if self._failed is not None:
                 continue  # drain, so senders never block on a client that is gone
             try:
-                await self._context.write(message)
+                async with asyncio.timeout(self._write_timeout_s):
+                    await self._context.write(message)
+            except TimeoutError:
+                log.info(
+                    "the client read no response for %.0f s: giving the stream up", self._write_timeout_s
+                )
+                self._failed = StreamAbandoned(
+                    f"the client read no response for {self._write_timeout_s:.0f} s"
+                )
             except Exception as exc:  # the call is over (client cancelled, connection lost)
                 log.debug("a stream write failed: %s", exc)
                 self._failed = exc
