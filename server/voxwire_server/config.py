@@ -149,7 +149,7 @@ class ServerConfig:
         256, "hard ceiling on concurrent recognition streams (priority p may fill its share of it)"
     )
     admission_max_delay_s: float = _opt(
-        2.0,
+        1.0,
         "new streams of the top priority are refused (RESOURCE_EXHAUSTED) while a final would wait longer "
         "than this for the decoder; priority p below the top at (p+1)/(top+1) of it",
     )
@@ -159,10 +159,10 @@ class ServerConfig:
         "(0 = no classes: every key in full)",
     )
     shed_partials_delay_s: float = _opt(
-        0.5, "partial results are skipped while a final would wait longer than this for the decoder"
+        0.3, "partial results are skipped while a final would wait longer than this for the decoder"
     )
     shed_escalation_delay_s: float = _opt(
-        1.0, "escalation to the accurate tier is skipped while a final would wait longer than this"
+        0.5, "escalation to the accurate tier is skipped while a final would wait longer than this"
     )
     admission_ramp_per_s: float = _opt(
         10.0, "new streams admitted per second at most, in bursts of admission_ramp_burst (0 = no ramp)"

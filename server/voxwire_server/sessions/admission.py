@@ -74,12 +74,12 @@ class AdmissionConfig:
     max_streams: int = 256
     # A stream of the top priority is refused while a final would wait longer than this for the
     # decoder; priority p is refused above priority_share(p) of it.
-    max_delay_s: float = 2.0
+    max_delay_s: float = 1.0
     # Priorities at or above this get full thresholds and limits.
     top_priority: int = 0
     # Partials are skipped while a final would wait longer than this; escalation above the next.
-    shed_partials_delay_s: float = 0.5
-    shed_escalation_delay_s: float = 1.0
+    shed_partials_delay_s: float = 0.3
+    shed_escalation_delay_s: float = 0.5
     # New streams admitted per second (a token bucket of ramp_burst): the decoder's load shows a
     # new stream's cost only once it has spoken, so a crowd arriving at once is let in gradually.
     # 0: no ramp.

@@ -193,55 +193,49 @@ class _Call:
         t.rpc_requests.labels(name, _code_name(code)).inc()
         t.rpc_duration.labels(name).observe(time.perf_counter() - started)
 
+    @contextlib.asynccontextmanager
+    async def _call(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """Around every behavior: counted while in flight, authenticated (the principal set for the
+        handler), and recorded with the status it ended with."""
+        started = self._start()
+        error: BaseException | None = None
+        try:
+            token = await self._admit(context)
+            try:
+                yield
+            finally:
+                auth.reset(token)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._done(started, context, error)
+
+    async def _request(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return self._parse(raw)
+        except _Undecodable as exc:
+            await self._abort(context, exc)
+
     def unary(self, inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def behavior(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = self._start()
-            error: BaseException | None = None
-            try:
-                token = await self._admit(context)
-                try:
-                    request = self._parse(raw)
-                except _Undecodable as exc:
-                    await self._abort(context, exc)
-                try:
-                    return await inner(request, context)
-                finally:
-                    auth.reset(token)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._done(started, context, error)
+            async with self._call(context):
+                return await inner(await self._request(raw, context), context)
 
         return behavior
 
     def unary_stream(self, inner: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         async def behavior(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            started = self._start()
-            error: BaseException | None = None
-            try:
-                token = await self._admit(context)
-                try:
-                    request = self._parse(raw)
-                except _Undecodable as exc:
-                    await self._abort(context, exc)
-                try:
-                    result = inner(request, context)
-                    if inspect.isasyncgen(result):
-                        # Closed here when the call ends early, not whenever the collector gets to it:
-                        # what the handler holds (a concurrency slot, an encoder) goes back at once.
-                        async with contextlib.aclosing(result):
-                            async for response in result:
-                                yield response
-                    else:
-                        await result
-                finally:
-                    auth.reset(token)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._done(started, context, error)
+            async with self._call(context):
+                result = inner(await self._request(raw, context), context)
+                if not inspect.isasyncgen(result):
+                    await result
+                    return
+                # Closed here when the call ends early, not whenever the collector gets to it: what
+                # the handler holds (a concurrency slot, an encoder) goes back at once.
+                async with contextlib.aclosing(result):
+                    async for response in result:
+                        yield response
 
         return behavior
 
@@ -267,42 +261,20 @@ class _Call:
             async def generator(
                 requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                started = self._start()
-                error: BaseException | None = None
-                try:
-                    token = await self._admit(context)
-                    try:
-                        async with contextlib.aclosing(
-                            inner(parsed(requests, context, abort=True), context)
-                        ) as g:
-                            async for response in g:
-                                yield response
-                    finally:
-                        auth.reset(token)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    self._done(started, context, error)
+                async with (
+                    self._call(context),
+                    contextlib.aclosing(inner(parsed(requests, context, abort=True), context)) as responses,
+                ):
+                    async for response in responses:
+                        yield response
 
             return generator
 
         async def coroutine(
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
         ) -> Any:
-            started = self._start()
-            error: BaseException | None = None
-            try:
-                token = await self._admit(context)
-                try:
-                    return await inner(parsed(requests, context, abort=False), context)
-                finally:
-                    auth.reset(token)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._done(started, context, error)
+            async with self._call(context):
+                return await inner(parsed(requests, context, abort=False), context)
 
         return coroutine
 
