@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,6 +16,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # every clone, with or without ../shared.
 SAMPLE_JFK = ROOT / "samples" / "jfk.flac"
 DATA_DIR = Path(os.environ.get("VOXWIRE_DATA_DIR", ROOT.parent / "shared" / "data" / "speech-dev"))
+
+
+@functools.cache
+def jfk_pcm() -> bytes:
+    """SAMPLE_JFK as 16 kHz mono little-endian int16 (LINEAR16)."""
+    from voxwire_server.domain import AudioFormat, Encoding
+    from voxwire_server.engines.audio import decode_clip, float_to_pcm16
+
+    samples = decode_clip(SAMPLE_JFK.read_bytes(), AudioFormat(Encoding.FLAC))
+    return float_to_pcm16(samples).astype("<i2").tobytes()
+
 
 _NUMBERS = {
     "0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five",

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests.conftest import RunningServer, serve_in_thread
-from tests.helpers import ROOT, SAMPLE_JFK
+from tests.helpers import ROOT, jfk_pcm
 from voxwire import (
     AsyncClient,
     AudioEncoding,
@@ -26,16 +26,9 @@ from voxwire import (
     UtteranceEnd,
 )
 from voxwire_server.config import ServerConfig
-from voxwire_server.domain import AudioFormat, Encoding
-from voxwire_server.engines.audio import decode_clip, float_to_pcm16
 
 PCM = RecognitionConfig(encoding=AudioEncoding.LINEAR16, sample_rate_hz=16000)
 CHUNK_BYTES = 3200  # 100 ms
-
-
-def jfk_pcm() -> bytes:
-    samples = decode_clip(SAMPLE_JFK.read_bytes(), AudioFormat(Encoding.FLAC))
-    return float_to_pcm16(samples).astype("<i2").tobytes()
 
 
 def finals(updates: list[StreamUpdate]) -> list[str]:

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from tests.conftest import RunningServer
-from tests.helpers import speech_clips, wer
+from tests.helpers import jfk_pcm, speech_clips, wer
 from voxwire import (
     AudioEncoding,
     Client,
@@ -209,3 +209,43 @@ def test_synthesize_stream_rejects_bad_requests(client: Client) -> None:
         list(client.synthesize_stream(ssml="<speak>hi</s></speak>"))
     with pytest.raises(InvalidArgumentError, match="entity 'song' is empty"):
         list(client.synthesize_stream(template="Playing {song}.", entities={"song": " "}))
+
+
+def test_an_error_mid_stream_always_reaches_the_client(server: RunningServer) -> None:
+    """A stream that fails while its responses are being written must still end with its status
+    (a probe saw the abort race a write and the client wait for its deadline; the race is timing-
+    dependent, and tests/unit/test_stream_writer.py checks the one-writer rule that prevents it).
+    24 streams at once send speech with partials on, then a chunk that is not whole samples: every
+    one ends with INVALID_ARGUMENT (or is refused by admission), none with a deadline."""
+    codes: list[grpc.StatusCode] = []
+    lock = threading.Lock()
+    pcm = jfk_pcm()  # 2 s of it, in 100 ms chunks
+
+    def one() -> None:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = recognizer_pb2_grpc.RecognizerStub(channel)
+            messages = [
+                config_message(interim_results=True),
+                *(
+                    recognizer_pb2.StreamingRecognizeRequest(audio=pcm[i : i + 3200])
+                    for i in range(0, 64000, 3200)
+                ),
+                recognizer_pb2.StreamingRecognizeRequest(audio=b"\x01\x02\x03"),
+                END,
+            ]
+            try:
+                list(stub.StreamingRecognize(iter(messages), timeout=60))
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                code = exc.code()
+        with lock:
+            codes.append(code)
+
+    threads = [threading.Thread(target=one) for _ in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(codes) == 24, "a stream never ended"
+    assert set(codes) <= {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert codes.count(grpc.StatusCode.INVALID_ARGUMENT) >= 1

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import RunningServer
-from tests.helpers import SAMPLE_JFK
+from tests.helpers import SAMPLE_JFK, jfk_pcm
 from voxwire import Client, RecognitionConfig, ResourceExhaustedError
 from voxwire.v1 import cache_admin_pb2, common_pb2, recognizer_pb2, synthesizer_pb2
 
@@ -171,18 +171,7 @@ def _wav(draw: st.DrawFn) -> bytes:
     return wav if cut is None else wav[:cut]
 
 
-def _speech_pcm() -> bytes:
-    """jfk as 16 kHz mono int16: real speech for the fuzzer to cut, so decodes really run."""
-    import av
-    import numpy as np
-
-    with av.open(str(SAMPLE_JFK)) as container:
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
-        frames = [f for frame in container.decode(audio=0) for f in resampler.resample(frame)]
-    return b"".join(np.asarray(f.to_ndarray()).tobytes() for f in frames)
-
-
-SPEECH = _speech_pcm()
+SPEECH = jfk_pcm()  # real speech for the fuzzer to cut, so decodes really run
 
 
 @st.composite
