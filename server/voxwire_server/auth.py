@@ -50,10 +50,6 @@ class Principal:
     user_id: str = ""
     authenticated: bool = True
 
-    def require(self, role: str, what: str) -> None:
-        if role not in self.roles:
-            raise PermissionDenied(f"{what} needs the {role} role; this API key ({self.key_id}) lacks it")
-
 
 # Auth off (loopback only): one trusted caller.
 LOCAL = Principal(tenant_id="", priority=MAX_PRIORITY, authenticated=False, key_id="local")

@@ -13,6 +13,7 @@ from voxwire_server.engines.batching import FINAL, PARTIAL, BatchWorker
 from voxwire_server.errors import ConfigError, OverCapacity
 from voxwire_server.sessions.admission import (
     MAX_RETRY_S,
+    PRESUMED_SPEAKING_S,
     AdmissionConfig,
     CallLimiter,
     CallLimits,
@@ -67,9 +68,10 @@ def test_priority_shares() -> None:
 
 
 def test_streams_are_admitted_while_the_decoder_keeps_up_then_refused_with_the_backlog() -> None:
-    policy, load, _ = admission(AdmissionConfig(max_streams=10_000, max_delay_s=1.0))
+    policy, load, clock = admission(AdmissionConfig(max_streams=10_000, max_delay_s=1.0))
     for _ in range(1000):  # no count refuses them while the decoder keeps up
         policy.admit("t", priority=1)
+    clock.now += PRESUMED_SPEAKING_S + 0.1  # long enough that silent streams count as silent
     load.behind_by(4.0)
     with pytest.raises(OverCapacity, match="finals wait 4.0 s") as info:
         policy.admit("t", priority=1)
@@ -77,6 +79,22 @@ def test_streams_are_admitted_while_the_decoder_keeps_up_then_refused_with_the_b
     assert policy.refused == {"delay": 1}
     load.behind_by(0.9)
     policy.admit("t", priority=1)
+
+
+def test_a_crowd_arriving_at_once_counts_as_speaking_until_it_says_otherwise() -> None:
+    policy, load, clock = admission(
+        AdmissionConfig(max_streams=10_000, max_delay_s=1.0, ramp_streams_per_s=0)
+    )
+    load.value = DecoderLoad(workers=2, final_service_s=0.25)  # an idle decoder, 0.25 s per final
+    admitted = [policy.admit("t", priority=1) for _ in range(9)]  # the 9th sees 8 x 0.25 / 2 = 1.0 s
+    with pytest.raises(OverCapacity, match="finals wait 1.1 s"):
+        policy.admit("t", priority=1)
+    # Streams that report silence stop counting; the presumption also lapses by itself.
+    for ticket in admitted[:4]:
+        ticket.speaking(False)
+    policy.admit("t", priority=1)
+    clock.now += PRESUMED_SPEAKING_S + 0.1
+    assert policy.committed_delay_s() == 0.0
 
 
 def test_the_retry_delay_is_bounded() -> None:

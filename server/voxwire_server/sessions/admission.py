@@ -131,6 +131,10 @@ class TenantBuckets:
         return bucket.take(now)
 
 
+# How long a newly admitted stream that has not yet spoken counts as speaking.
+PRESUMED_SPEAKING_S = 2.0
+
+
 class StreamAdmission:
     """Admits recognition streams and decides what a stream sheds, from the decoder's load."""
 
@@ -156,6 +160,9 @@ class StreamAdmission:
         self.active = 0
         # Admitted streams now in an utterance: each will submit a final.
         self.speaking = 0
+        # Streams admitted in the last PRESUMED_SPEAKING_S that have not yet said whether they speak:
+        # counted as speaking, so a crowd arriving at once does not look free until it talks.
+        self._fresh: dict[StreamTicket, float] = {}
         self.refused: dict[str, int] = {}
         self.shed: dict[str, int] = {}
 
@@ -173,7 +180,16 @@ class StreamAdmission:
         """The wait of the last final if every stream in an utterance ended it now: what shedding
         and admission decide from (a stream's cost shows in the queue only once it has spoken, and
         utterances of many streams end together)."""
-        return expected_final_delay_s(self._load(), self.speaking)
+        return expected_final_delay_s(self._load(), self.speaking + self._presumed())
+
+    def _presumed(self) -> int:
+        cutoff = self._clock() - PRESUMED_SPEAKING_S
+        for ticket in [t for t, at in self._fresh.items() if at < cutoff]:
+            del self._fresh[ticket]
+        return len(self._fresh)
+
+    def reported(self, ticket: StreamTicket) -> None:
+        self._fresh.pop(ticket, None)
 
     def admit(self, tenant_id: str, priority: int) -> StreamTicket:
         """A stream slot (give it back with ``StreamTicket.close``), or OverCapacity."""
@@ -205,7 +221,9 @@ class StreamAdmission:
                     wait_s,
                 )
         self.active += 1
-        return StreamTicket(self)
+        ticket = StreamTicket(self)
+        self._fresh[ticket] = self._clock()
+        return ticket
 
     @contextmanager
     def stream(self, tenant_id: str, priority: int) -> Iterator[StreamTicket]:
@@ -247,6 +265,7 @@ class StreamTicket:
         return self._admission.skip_escalation()
 
     def speaking(self, active: bool) -> None:
+        self._admission.reported(self)
         if self._closed or active == self._speaking:
             return
         self._speaking = active
