@@ -3,6 +3,8 @@ real client library; and the impersonation a probe found (another user's cached 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from voxwire import (
     Client,
     PermissionDeniedError,
     RecognitionConfig,
+    ResourceExhaustedError,
     SynthesisCacheStatus,
     Tls,
     UnavailableError,
@@ -267,3 +270,39 @@ async def test_mutual_tls_needs_a_client_certificate_from_the_ca(
                     await refused.health()
     finally:
         await grpc_server.server.stop(0)
+
+
+async def test_a_keys_priority_decides_its_share_of_streams(tmp_path: Path) -> None:
+    """The key's priority reaches admission: with two stream slots and priority classes on, a
+    priority-0 key gets one slot and a priority-1 (premium) key keeps the other."""
+    basic, premium = "basic-key-0123456789", "premium-key-0123456789"
+    (tmp_path / "keys.toml").write_text(
+        f'[[key]]\nid = "basic"\nsecret = "{basic}"\ntenant = "free"\npriority = 0\n\n'
+        f'[[key]]\nid = "premium"\nsecret = "{premium}"\ntenant = "paid"\npriority = 1\n'
+    )
+    handle = serve_in_thread(
+        ServerConfig(
+            listen="127.0.0.1:0",
+            api_keys=str(tmp_path / "keys.toml"),
+            max_streams=2,
+            admission_top_priority=1,
+            admission_ramp_per_s=0,
+            shutdown_grace_s=0.5,
+        ).validate()
+    )
+    target = handle.running.target
+    try:
+        async with (
+            AsyncClient(target, timeout_s=30, api_key=basic) as free,
+            AsyncClient(target, timeout_s=30, api_key=premium) as paid,
+        ):
+            first = free.stream(str(SAMPLE_JFK), realtime=True, chunk_ms=100)
+            async with contextlib.aclosing(first):  # type: ignore[type-var]
+                await anext(first)  # holds the one slot priority 0 may use
+                with pytest.raises(ResourceExhaustedError, match="priority 0"):
+                    async for _ in free.stream(str(SAMPLE_JFK)):
+                        pass
+                finals = [u async for u in paid.stream(str(SAMPLE_JFK)) if u.result and u.result.is_final]
+                assert "fellow americans" in finals[0].result.transcript.lower()  # type: ignore[union-attr]
+    finally:
+        await asyncio.to_thread(handle.stop)
