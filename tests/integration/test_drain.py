@@ -38,6 +38,9 @@ def server_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
         "--shutdown-grace-s", "20",
         "--drain-notice-s", "1",
         "--log-level", "WARNING",
+        # Six streams must all be admitted however loaded the machine is: this tests the drain.
+        "--admission-max-delay-s", "30",
+        "--admission-ramp-per-s", "0",
     ]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -15,12 +15,15 @@ from tests.unit.test_recognition_stream import ScriptedRecognizer, feed, options
 from voxwire_server.domain import (
     RecognitionOptions,
     Result,
+    SpeechEvent,
+    SpeechEventType,
     StreamInput,
     StreamStart,
     StreamUpdate,
     Tier,
     UtteranceEnd,
 )
+from voxwire_server.engines.audio import StreamDecoder
 from voxwire_server.errors import LimitExceeded, Unavailable
 from voxwire_server.sessions.recognition import RecognitionLimits, RecognitionStream
 
@@ -105,6 +108,21 @@ async def test_an_idle_stream_ends_out_of_range_after_its_finals() -> None:
     # The utterance that ended, and the one cut off by the limit: both finals were delivered.
     assert [f.utterance_index for f in finals(updates)] == [0, 1]
     assert ended == ["idle"]
+
+
+async def test_a_decoder_failing_on_the_tail_still_ends_on_the_limit_with_its_finals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(self: object) -> npt.NDArray[np.int16]:
+        raise RuntimeError("a decoder bug")
+
+    monkeypatch.setattr(StreamDecoder, "finish", broken)
+    sent = asyncio.Event()
+    updates, error = await run_limited(
+        then_stall(ONE_ENDED_ONE_OPEN, sent), RecognitionLimits(idle_timeout_s=0.3)
+    )
+    assert "idle timeout" in str(limit_error(error))
+    assert [f.utterance_index for f in finals(updates)] == [0, 1]
 
 
 async def test_a_stream_ends_out_of_range_at_its_maximum_duration() -> None:
@@ -232,11 +250,55 @@ async def test_a_drain_finalizes_what_was_heard_and_ends_unavailable() -> None:
     assert finals(updates)[-1].end_ms == round(ONE_ENDED_ONE_OPEN.size / 16)
 
 
-async def test_a_cancelled_stream_stays_cancelled_even_while_draining() -> None:
+async def test_a_drain_that_lands_as_a_single_utterance_ends_still_lets_the_stream_finish() -> None:
+    """The drain is asked for in the same loop turn as the end of the one utterance, with a queue of
+    one chunk: the reader (interrupted, or blocked putting the end into the queue) must not outlive
+    the worker that already ended the stream."""
     sent, stop = asyncio.Event(), asyncio.Event()
+    updates: list[StreamUpdate] = []
 
     async def emit(update: StreamUpdate) -> None:
-        pass
+        updates.append(update)
+        if (
+            isinstance(update.payload, SpeechEvent)
+            and update.payload.type is SpeechEventType.END_OF_SINGLE_UTTERANCE
+        ):
+            stop.set()
+
+    stream = RecognitionStream(
+        StreamStart(options(single_utterance=True)),
+        ScriptedRecognizer(),
+        lambda a: EnergyVad(),
+        RecognitionLimits(queue_chunks=1),
+        emit,
+        stop=stop,
+    )
+    await asyncio.wait_for(stream.run(then_stall(ONE_ENDED_ONE_OPEN, sent)), timeout=30)
+    assert stop.is_set()
+    assert [f.end for f in finals(updates)] == [UtteranceEnd.SILENCE]
+
+
+async def test_a_chunk_read_in_the_same_turn_as_the_drain_is_decoded_not_lost() -> None:
+    """The drain is asked for, and the client's next chunk arrives, in one loop turn: the chunk has
+    been read, so it is part of the final the drain sends."""
+    stop = asyncio.Event()
+    arriving: asyncio.Queue[StreamInput] = asyncio.Queue()
+    updates: list[StreamUpdate] = []
+
+    async def emit(update: StreamUpdate) -> None:
+        updates.append(update)
+
+    async def inputs() -> AsyncIterator[StreamInput]:
+        while True:
+            yield await arriving.get()
+
+    async def client() -> None:
+        chunks = [item async for item in feed(ONE_ENDED_ONE_OPEN, end=False)]
+        for chunk in chunks[:-1]:
+            arriving.put_nowait(chunk)
+            await asyncio.sleep(0.001)
+        stop.set()
+        arriving.put_nowait(chunks[-1])
 
     stream = RecognitionStream(
         StreamStart(options()),
@@ -246,9 +308,10 @@ async def test_a_cancelled_stream_stays_cancelled_even_while_draining() -> None:
         emit,
         stop=stop,
     )
-    task = asyncio.create_task(stream.run(then_stall(ONE_ENDED_ONE_OPEN, sent)))
-    await sent.wait()
-    task.cancel()
-    stop.set()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, timeout=30)
+    with pytest.raises(ExceptionGroup) as info:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(client())
+            tg.create_task(asyncio.wait_for(stream.run(inputs()), timeout=30))
+    assert info.value.split(Unavailable)[0] is not None, info.value
+    assert finals(updates)[-1].end is UtteranceEnd.SHUTDOWN
+    assert finals(updates)[-1].end_ms == round(ONE_ENDED_ONE_OPEN.size / 16)

@@ -57,12 +57,23 @@ async def test_an_error_in_the_block_still_lets_queued_messages_out_first() -> N
 async def test_a_client_that_reads_nothing_is_given_up_on() -> None:
     context = Context()
     context.gate.clear()
-    async with StreamWriter(context, queue_messages=1, write_timeout_s=0.05) as writer:  # type: ignore[arg-type]
-        await writer.send("stuck")
-        with pytest.raises(StreamAbandoned, match="read no response"):
+    sent = 0
+    with pytest.raises(StreamAbandoned, match="read no response"):
+        async with StreamWriter(context, queue_messages=1, write_timeout_s=0.05) as writer:  # type: ignore[arg-type]
+            await writer.send("stuck")
             for n in range(100):  # the queue fills, then the timed-out writer drains it
                 await writer.send(n)
-                await asyncio.sleep(0.01)
+                sent += 1
+    assert sent < 100  # a send failed, not only the end of the block
+    assert context.written == []
+
+
+async def test_a_write_that_times_out_after_the_last_send_fails_the_block() -> None:
+    context = Context()
+    context.gate.clear()
+    with pytest.raises(StreamAbandoned, match="read no response"):
+        async with StreamWriter(context, queue_messages=4, write_timeout_s=0.05) as writer:  # type: ignore[arg-type]
+            await writer.send("the last final")
     assert context.written == []
 
 

@@ -336,8 +336,8 @@ class RecognitionStream:
         self._limit: _LimitReached | None = None
         self._audio_samples = 0
         self._stop = stop
-        # The drain: set once the server stops; the reader is interrupted only while it waits for
-        # the client (a chunk already read is always queued, never lost).
+        # The drain: set once the server stops; the reader is interrupted only while it still waits
+        # for the client (a chunk whose read has completed is queued, never lost).
         self._stop_requested = False
         self._awaiting_input = False
         self._interrupted = False
@@ -352,6 +352,9 @@ class RecognitionStream:
         assert self._stop is not None
         await self._stop.wait()
         self._stop_requested = True
+        # A read that completed in this same loop turn has its wake-up already scheduled: yield once
+        # so the reader takes its chunk (and clears _awaiting_input) before it can be cancelled.
+        await asyncio.sleep(0)
         if self._awaiting_input and not reader.done():
             self._interrupted = True
             reader.cancel()
@@ -383,6 +386,11 @@ class RecognitionStream:
         except InvalidInput:
             # Cut off mid-frame (a compressed stream, a sample split across chunks): what was
             # decoded so far stands.
+            tail = np.zeros(0, np.int16)
+        except Exception:
+            # The stream is ending on a limit or the drain either way: a decoder that fails on its
+            # tail costs that tail, not the finals of what was heard or the limit's status.
+            log.warning("the audio decoder failed on a stream's last bytes", exc_info=True)
             tail = np.zeros(0, np.int16)
         await self._queue.put((tail, arrived))
         await self._queue.put((_END, arrived))

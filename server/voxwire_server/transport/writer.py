@@ -45,11 +45,14 @@ class StreamWriter:
         return self
 
     async def send(self, message: Any) -> None:
+        self._raise_if_failed()
+        await self._queue.put(message)
+
+    def _raise_if_failed(self) -> None:
         if isinstance(self._failed, StreamAbandoned):
             raise StreamAbandoned(str(self._failed))
         if self._failed is not None:
             raise StreamAbandoned("the client stopped reading responses") from self._failed
-        await self._queue.put(message)
 
     async def _run(self) -> None:
         while True:
@@ -91,3 +94,7 @@ class StreamWriter:
         except asyncio.CancelledError:
             task.cancel()
             raise
+        if exc is None:
+            # A write that failed after the last send (a client that stopped reading before the
+            # finals) must not end the call as if everything had reached it.
+            self._raise_if_failed()
