@@ -60,6 +60,8 @@ def build_runtime(config: ServerConfig) -> Runtime:
             escalation_confidence=config.escalation_confidence,
             escalation_max_waiting=config.escalation_max_waiting,
             on_escalation=telemetry.escalations.inc,
+            accurate_min_utterance_s=config.accurate_min_utterance_s,
+            on_long_accurate=telemetry.long_accurate.inc,
             context_gap_s=config.context_gap_s,
             idle_timeout_s=config.stream_idle_timeout_s,
             max_stream_s=config.max_stream_s,

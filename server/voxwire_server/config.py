@@ -87,6 +87,11 @@ class ServerConfig:
     escalation_max_waiting: int = _opt(
         0, "escalation is skipped while more than this many finals wait for the decoder"
     )
+    accurate_min_utterance_s: float = _opt(
+        8.0,
+        "fast-tier finals of utterances at least this long (seconds) are decoded on the accurate tier "
+        "when the decoder has spare capacity, as for escalation (0 = never)",
+    )
     asr_context_tokens: int = _opt(
         64, "tokens of a stream's earlier finals that condition its next utterance (0 = none, at most 223)"
     )
@@ -374,6 +379,10 @@ class ServerConfig:
             raise ConfigError("asr_workers must not be negative")
         if self.tts_workers < 0:
             raise ConfigError("tts_workers must not be negative")
+        if not (self.accurate_min_utterance_s == 0 or 1 <= self.accurate_min_utterance_s <= 30):
+            raise ConfigError(
+                f"accurate_min_utterance_s must be 0 (never) or 1..30, got {self.accurate_min_utterance_s}"
+            )
         if self.escalation_max_waiting < 0:
             raise ConfigError("escalation_max_waiting must not be negative")
         if self.max_batch_wait_ms < 0:

@@ -88,15 +88,6 @@ class Alternative:
 
 
 @dataclass(frozen=True, slots=True)
-class Segment:
-    """One decoded stretch of audio; times are relative to the decoded audio."""
-
-    alternatives: tuple[Alternative, ...]
-    start_s: float
-    end_s: float
-
-
-@dataclass(frozen=True, slots=True)
 class Result:
     alternatives: tuple[Alternative, ...]
     is_final: bool

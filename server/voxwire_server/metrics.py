@@ -111,6 +111,11 @@ class Telemetry:
         self.escalations = Counter(
             "voxwire_asr_escalations", "fast-tier finals re-decoded on the accurate tier", registry=r
         )
+        self.long_accurate = Counter(
+            "voxwire_asr_long_accurate",
+            "finals of long utterances decoded on the accurate tier instead of the fast one",
+            registry=r,
+        )
         self.cache_requests = Counter(
             "voxwire_cache_requests", "cache lookups by tier and outcome", ["tier", "outcome"], registry=r
         )

@@ -122,7 +122,10 @@ async def test_batched_windows_decode_like_unbatched_ones(server: RunningServer)
 
 
 def test_low_confidence_finals_escalate_to_the_accurate_tier() -> None:
-    handle = serve_in_thread(ServerConfig(listen="127.0.0.1:0", escalation_confidence=1.0))
+    # Long utterances would go to the accurate tier without a fast decode: off, to count escalations.
+    handle = serve_in_thread(
+        ServerConfig(listen="127.0.0.1:0", escalation_confidence=1.0, accurate_min_utterance_s=0)
+    )
     try:
         (clip,) = speech_clips([CLIP])
         with Client(handle.running.target, timeout_s=60) as client:

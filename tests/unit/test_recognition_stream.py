@@ -19,7 +19,6 @@ from voxwire_server.domain import (
     EndOfAudio,
     RecognitionOptions,
     Result,
-    Segment,
     SpeechEvent,
     SpeechEventType,
     StreamInput,
@@ -53,9 +52,6 @@ class ScriptedRecognizer:
 
     def check_conditioning(self, options: DecodeOptions) -> None:
         pass
-
-    async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
-        raise AssertionError("streams decode utterances on windows")
 
     async def decode(self, request: WindowRequest, *, final: bool, deadline: float) -> WindowResult:
         self.calls += 1
@@ -254,6 +250,44 @@ async def test_escalation_waits_for_spare_capacity() -> None:
     finals = [u.payload for u in updates if isinstance(u.payload, Result)]
     assert [f.tier for f in finals] == [Tier.FAST, Tier.FAST]
     assert [r.options.tier for r in recognizer.requests] == [Tier.FAST, Tier.FAST]
+
+
+LONG_THEN_SHORT = pattern(
+    ("silence", 0.5), ("speech", 3.0), ("silence", 1.0), ("speech", 1.0), ("silence", 1.0)
+)
+
+
+async def _finals_with(limits: RecognitionLimits, recognizer: ScriptedRecognizer) -> list[Result]:
+    updates: list[StreamUpdate] = []
+
+    async def emit(update: StreamUpdate) -> None:
+        updates.append(update)
+
+    stream = RecognitionStream(StreamStart(options()), recognizer, lambda a: EnergyVad(), limits, emit)
+    await stream.run(feed(LONG_THEN_SHORT))
+    return [u.payload for u in updates if isinstance(u.payload, Result)]
+
+
+async def test_long_utterances_go_to_the_accurate_tier_at_once_and_short_ones_stay_fast() -> None:
+    recognizer = ScriptedRecognizer()  # confident answers: nothing escalates
+    counted: list[int] = []
+    limits = RecognitionLimits(accurate_min_utterance_s=2.5, on_long_accurate=lambda: counted.append(1))
+    finals = await _finals_with(limits, recognizer)
+    assert [f.tier for f in finals] == [Tier.ACCURATE, Tier.FAST]
+    # The long one is decoded once, on the accurate tier: no fast decode before it.
+    assert [r.options.tier for r in recognizer.requests] == [Tier.ACCURATE, Tier.FAST]
+    assert recognizer.requests[0].audio.size >= 2.5 * 16000 > recognizer.requests[1].audio.size
+    assert counted == [1]
+
+
+async def test_long_utterances_stay_on_the_fast_tier_without_spare_capacity_or_when_off() -> None:
+    busy = ScriptedRecognizer()
+    busy.waiting_finals = 3  # other streams' finals are queued
+    finals = await _finals_with(RecognitionLimits(accurate_min_utterance_s=2.5), busy)
+    assert [f.tier for f in finals] == [Tier.FAST, Tier.FAST]
+    off = ScriptedRecognizer()
+    finals = await _finals_with(RecognitionLimits(accurate_min_utterance_s=0), off)
+    assert [r.options.tier for r in off.requests] == [Tier.FAST, Tier.FAST]
 
 
 async def test_a_finals_latency_counts_from_the_arrival_of_the_chunk_that_ended_it() -> None:

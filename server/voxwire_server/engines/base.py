@@ -9,7 +9,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from voxwire_server.domain import Alternative, DecodeOptions, Segment, VoiceInfo
+from voxwire_server.domain import Alternative, DecodeOptions, VoiceInfo
 from voxwire_server.engines.splicing import JointCheck, Prefix
 
 T = TypeVar("T")
@@ -31,10 +31,6 @@ class SpeechRecognizer(Protocol):
     def check_conditioning(self, options: DecodeOptions) -> None:
         """InvalidInput when the hotwords and prompt do not fit the model's prompt (with room left for
         what was said before)."""
-        ...
-
-    async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
-        """A whole clip of any length."""
         ...
 
     async def decode(self, request: WindowRequest, *, final: bool, deadline: float) -> WindowResult:

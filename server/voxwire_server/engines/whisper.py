@@ -1,24 +1,21 @@
-"""Whisper on CTranslate2 behind the SpeechRecognizer seam: utterances are decoded on short windows
-by batching worker threads shared by all streams; clips longer than one window go through
-faster-whisper's own sliding windows on a thread of their own."""
+"""Whisper on CTranslate2 behind the SpeechRecognizer seam: utterances (of streams and of clips) are
+decoded on short windows by batching worker threads shared by all streams."""
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import math
 import os
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from voxwire_server.domain import Alternative, DecodeOptions, Segment, Tier, Word
+from voxwire_server.domain import Alternative, DecodeOptions, Tier, Word
 from voxwire_server.engines.base import DecoderLoad, WindowRequest, WindowResult
 from voxwire_server.engines.batching import FINAL, PARTIAL, BatchWorker
 from voxwire_server.errors import InvalidInput, quoted
@@ -216,7 +213,6 @@ class WhisperRecognizer:
         self._beam = {Tier.FAST: 1, Tier.ACCURATE: accurate_beam_size}
         self._context_limit = max(0, context_tokens)
         self._min_window_s = min(MAX_WINDOW_S, max(2.0, min_window_s))
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
         # Windows from every stream go through one batching queue: the decoder gains from batches,
         # the encoder does not (see _LoadedModel.encode), so throughput beyond one core's batches
         # comes from more workers on more cores.
@@ -256,19 +252,14 @@ class WhisperRecognizer:
                 )
 
     def warm_up(self) -> None:
-        """Loads what the first request would otherwise pay for: both decode paths and Silero VAD."""
+        """Loads what the first request would otherwise pay for: both tiers and Silero VAD."""
         noise = (np.random.default_rng(0).standard_normal(16000 * 2) * 0.01).astype(np.float32)
-        self._decode(noise, DecodeOptions())
         _speech_ratio(noise)
         for tier in (Tier.ACCURATE, Tier.FAST):
             started = time.monotonic()
             self._decode_speech([WindowRequest(noise, DecodeOptions(tier=tier))])
         # Admission's first estimate of a final's cost, before any has run (the fast tier, last).
         self._batches.seed_service_s(time.monotonic() - started)
-
-    async def transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
-        # Cancelling the awaiting task cancels the job while it is still queued.
-        return await asyncio.wrap_future(self._worker.submit(self._decode, audio, options))
 
     async def decode(self, request: WindowRequest, *, final: bool, deadline: float) -> WindowResult:
         # A partial not started by its deadline is stale (a newer one is due): it may be skipped.
@@ -442,41 +433,8 @@ class WhisperRecognizer:
             )
         return WindowResult(tuple(alternatives), no_speech_prob=no_speech)
 
-    def _decode(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> list[Segment]:
-        segments, _ = self._model(options.tier).whisper.transcribe(
-            audio,
-            language=self.check_language(options.language),
-            beam_size=self._beam[options.tier],
-            best_of=1,
-            temperature=0.0,
-            condition_on_previous_text=False,
-            word_timestamps=options.word_timestamps,
-            initial_prompt=options.prompt or None,
-            hotwords=" ".join(options.hotwords) or None,
-            # Long clips only: Silero VAD skips the stretches without speech.
-            vad_filter=True,
-        )
-        # The generator is lazy: consuming it here keeps the decode on this worker thread.
-        return [_segment(s) for s in segments if s.text.strip()]
-
     def close(self) -> None:
         self._batches.close()
-        self._worker.shutdown(wait=True, cancel_futures=True)
-
-
-def _segment(s: Any) -> Segment:
-    words = tuple(
-        Word(
-            text=w.word.strip(), start_s=float(w.start), end_s=float(w.end), probability=float(w.probability)
-        )
-        for w in (s.words or ())
-    )
-    confidence = math.exp(min(0.0, float(s.avg_logprob)))
-    return Segment(
-        alternatives=(Alternative(text=s.text.strip(), confidence=confidence, words=words),),
-        start_s=float(s.start),
-        end_s=float(s.end),
-    )
 
 
 def _looped(result: WindowResult) -> bool:

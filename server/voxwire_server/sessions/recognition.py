@@ -21,7 +21,6 @@ from voxwire_server.domain import (
     EndOfAudio,
     RecognitionOptions,
     Result,
-    Segment,
     SpeechEvent,
     SpeechEventType,
     StreamInput,
@@ -77,6 +76,10 @@ class RecognitionLimits:
     escalation_confidence: float = 0.0
     # ... unless more than this many finals are waiting for the decoder.
     escalation_max_waiting: int = 0
+    # Fast-tier finals of utterances at least this long (seconds; 0: never) are decoded on the
+    # accurate tier straight away, under the same spare-capacity rule as escalation.
+    accurate_min_utterance_s: float = 0.0
+    on_long_accurate: Callable[[], None] | None = None
     on_escalation: Callable[[], None] | None = None
     # A stream's earlier finals condition its next utterance (Whisper's previous text) unless the
     # pause before it is longer than this: a new topic, not a sentence split by a pause.
@@ -179,22 +182,6 @@ def check_options(recognizer: SpeechRecognizer, options: RecognitionOptions) -> 
         raise InvalidInput(f"min_speech_ms must be 10..2000, got {e.min_speech_ms}")
 
 
-def segments_to_results(segments: list[Segment], *, tier: Tier, latency_ms: float) -> list[Result]:
-    """faster-whisper's segments of a long clip, one final each."""
-    return [
-        Result(
-            alternatives=seg.alternatives,
-            is_final=True,
-            utterance_index=i,
-            start_ms=round(seg.start_s * 1000),
-            end_ms=round(seg.end_s * 1000),
-            tier=tier,
-            processing_latency_ms=latency_ms,
-        )
-        for i, seg in enumerate(segments)
-    ]
-
-
 def _shift(alt: Alternative, offset_s: float) -> Alternative:
     words = tuple(replace(w, start_s=w.start_s + offset_s, end_s=w.end_s + offset_s) for w in alt.words)
     return replace(alt, words=words)
@@ -210,9 +197,11 @@ async def recognize_clip(
 ) -> tuple[list[Result], int]:
     """Decodes a whole clip; returns one final per utterance and the clip's duration in ms.
 
-    Clips up to MAX_WINDOW_AUDIO_S are cut into utterances by the same endpointer as streams and
-    their utterances decoded together in one batch; longer clips go through faster-whisper's
-    sliding 30 s windows."""
+    A clip of any length is cut into utterances by the same endpointer as a stream, with the same
+    quiet cuts at max_utterance_s, and each utterance is decoded like a stream's final, after the
+    one before it and with its text as context: a clip and a stream of the same audio get the same
+    finals. (Measured on the long-form reads of both dev sets, this made fewer word errors than
+    faster-whisper's own sliding 30 s windows: 94 against 100.)"""
     check_options(recognizer, options)
     _check_clip_size(audio, options, limits)
     samples = await asyncio.to_thread(decode_clip, audio, options.audio, limits.max_clip_s)
@@ -224,12 +213,8 @@ async def recognize_clip(
             "send longer audio with StreamingRecognize"
         )
     started = time.perf_counter()
-    if duration_s > MAX_WINDOW_AUDIO_S:
-        segments = await recognizer.transcribe(samples, options.decode)
-        latency_ms = (time.perf_counter() - started) * 1000
-        return segments_to_results(segments, tier=options.decode.tier, latency_ms=latency_ms), duration_ms
     endpointer = Endpointer(vad_factory(options.endpointing.vad_aggressiveness), options.endpointing)
-    # Up to 29 s of audio through the endpointer: work for a thread, not the event loop.
+    # Up to max_clip_s of audio through the endpointer: work for a thread, not the event loop.
     utterances = await asyncio.to_thread(_utterances, endpointer, samples)
     # One after another: each utterance is decoded with what was said before it.
     decoder = Utterances(recognizer, options.decode, limits, shedding)
@@ -610,27 +595,47 @@ async def decode_final(
     limits: RecognitionLimits,
     shedding: LoadShedding | None = None,
 ) -> tuple[WindowResult, Tier]:
-    """Decodes an utterance; a fast-tier answer under the confidence threshold is re-decoded on the
-    accurate tier, unless other finals are already waiting for the decoder (escalation spends spare
-    capacity; it must not make other streams fall behind)."""
+    """Decodes an utterance. While the decoder has spare capacity (no more finals waiting than
+    escalation_max_waiting, escalation not shed), a fast-tier final of a long utterance goes to the
+    accurate tier at once, and a fast-tier answer under the confidence threshold is re-decoded there:
+    the accurate tier spends spare capacity; it must not make other streams fall behind."""
     options = request.options
+    accurate = replace(request, options=replace(options, tier=Tier.ACCURATE))
+    if options.tier is Tier.FAST and _is_long(request, limits) and _has_spare(recognizer, limits, shedding):
+        if limits.on_long_accurate is not None:
+            limits.on_long_accurate()
+        log.debug("a %.1f s utterance decoded on the accurate tier", request.audio.size / ASR_SAMPLE_RATE_HZ)
+        return await recognizer.decode(accurate, final=True, deadline=time.monotonic()), Tier.ACCURATE
     decoded = await recognizer.decode(request, final=True, deadline=time.monotonic())
     confidence = decoded.alternatives[0].confidence if decoded.alternatives else 1.0
     if (
         options.tier is Tier.FAST
         and confidence < limits.escalation_confidence
-        and recognizer.pending_finals() <= limits.escalation_max_waiting
-        and not (shedding is not None and shedding.skip_escalation())
+        and _has_spare(recognizer, limits, shedding)
     ):
-        accurate = replace(options, tier=Tier.ACCURATE)
-        second = await recognizer.decode(
-            replace(request, options=accurate), final=True, deadline=time.monotonic()
-        )
+        second = await recognizer.decode(accurate, final=True, deadline=time.monotonic())
         if limits.on_escalation is not None:
             limits.on_escalation()
         log.debug("escalated a final of confidence %.2f", confidence)
         return second, Tier.ACCURATE
     return decoded, options.tier
+
+
+def _is_long(request: WindowRequest, limits: RecognitionLimits) -> bool:
+    """Whether the utterance is long enough for the accurate tier: on the long-form reads of both dev
+    sets, its 30 s window with beam search made 15 % fewer word errors than the fast tier's short
+    window (beam search alone or the 30 s window alone did not), while on utterances of a few seconds
+    neither tier was better."""
+    minimum = limits.accurate_min_utterance_s
+    return minimum > 0 and request.audio.size >= minimum * ASR_SAMPLE_RATE_HZ
+
+
+def _has_spare(
+    recognizer: SpeechRecognizer, limits: RecognitionLimits, shedding: LoadShedding | None
+) -> bool:
+    return recognizer.pending_finals() <= limits.escalation_max_waiting and not (
+        shedding is not None and shedding.skip_escalation()
+    )
 
 
 def _result(
