@@ -57,6 +57,7 @@ def build_runtime(config: ServerConfig) -> Runtime:
             max_chunk_ms=config.max_chunk_ms,
             queue_chunks=config.stream_queue_chunks,
             partial_interval_ms=config.partial_interval_ms,
+            partial_commit_probability=config.partial_commit_probability,
             escalation_confidence=config.escalation_confidence,
             escalation_max_waiting=config.escalation_max_waiting,
             on_escalation=telemetry.escalations.inc,

@@ -198,6 +198,11 @@ class ServerConfig:
     max_warmup_items: int = _opt(100, "phrases and templates one CacheAdmin Warmup call may ask for")
     max_warmup_chars: int = _opt(20000, "characters of all phrases and templates of one Warmup call together")
     partial_interval_ms: int = _opt(500, "how often interim results are produced while speech goes on")
+    partial_commit_probability: float = _opt(
+        0.55,
+        "a word two consecutive partials agree on is committed only if both gave it at least this "
+        "probability (0..1; 0 = commit on agreement alone)",
+    )
     silence_ms: int = _opt(600, "default trailing silence that ends an utterance")
     max_utterance_s: float = _opt(15.0, "default longest utterance before it is cut")
     vad_aggressiveness: int = _opt(2, "default webrtcvad aggressiveness, 0..3")
@@ -352,6 +357,10 @@ class ServerConfig:
             raise ConfigError(f"context_gap_s must be 0 or more, got {self.context_gap_s}")
         if not 0 <= self.escalation_confidence <= 1:
             raise ConfigError("escalation_confidence must be 0..1")
+        if not 0 <= self.partial_commit_probability <= 1:
+            raise ConfigError(
+                f"partial_commit_probability must be 0..1, got {self.partial_commit_probability}"
+            )
         if self.cache != "off" and self.cache != "memory" and "://" not in self.cache:
             raise ConfigError(f"cache must be memory, off or a redis:// URL, got {self.cache!r}")
         for name, value in (

@@ -30,6 +30,7 @@ def test_flags_win_over_environment() -> None:
         (["--max-utterance-s", "45"], "at most 29"),
         (["--escalation-confidence", "2"], "escalation_confidence must be 0..1"),
         (["--accurate-min-utterance-s", "0.5"], r"accurate_min_utterance_s must be 0 \(never\) or 1..30"),
+        (["--partial-commit-probability", "1.5"], r"partial_commit_probability must be 0..1"),
         (["--asr-context-tokens", "300"], "asr_context_tokens must be 0..223"),
         (["--context-gap-s", "-1"], "context_gap_s must be 0 or more"),
         (["--asr-min-window-s", "1"], "asr_min_window_s must be 2..30"),

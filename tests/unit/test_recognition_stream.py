@@ -25,6 +25,7 @@ from voxwire_server.domain import (
     StreamStart,
     StreamUpdate,
     Tier,
+    Word,
 )
 from voxwire_server.engines.base import WindowRequest, WindowResult
 from voxwire_server.errors import InvalidInput, NotImplementedCapability, StreamAbandoned
@@ -42,8 +43,11 @@ class ScriptedRecognizer:
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
         self.requests: list[WindowRequest] = []
+        self.partial_requests: list[WindowRequest] = []
         self.confidence = 0.9
         self.waiting_finals = 0
+        # Words answered with a low probability when words are asked for.
+        self.unsure: set[str] = set()
 
     def check_language(self, language: str) -> str:
         if language != "en":
@@ -56,6 +60,8 @@ class ScriptedRecognizer:
     async def decode(self, request: WindowRequest, *, final: bool, deadline: float) -> WindowResult:
         self.calls += 1
         self.requests.append(request)
+        if not final:
+            self.partial_requests.append(request)
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -64,7 +70,13 @@ class ScriptedRecognizer:
         words = [f"w{i}" for i in range(int(request.audio.size / 8000))]
         prefix = request.prefix.split()
         text = " ".join([*prefix, *words[len(prefix) :]]) or "hm"
-        return WindowResult((Alternative(text, self.confidence),))
+        aligned: tuple[Word, ...] = ()
+        if request.options.word_timestamps:
+            aligned = tuple(
+                Word(w, i * 0.5, i * 0.5 + 0.4, 0.2 if w in self.unsure else 0.9)
+                for i, w in enumerate(text.split())
+            )
+        return WindowResult((Alternative(text, self.confidence, aligned),))
 
     def pending_finals(self) -> int:
         return self.waiting_finals
@@ -90,7 +102,11 @@ async def feed(
 
 
 async def run_stream(
-    audio: npt.NDArray[np.int16], opts: RecognitionOptions, recognizer: ScriptedRecognizer, end: bool = True
+    audio: npt.NDArray[np.int16],
+    opts: RecognitionOptions,
+    recognizer: ScriptedRecognizer,
+    end: bool = True,
+    limits: RecognitionLimits | None = None,
 ) -> list[StreamUpdate]:
     updates: list[StreamUpdate] = []
 
@@ -98,7 +114,7 @@ async def run_stream(
         updates.append(update)
 
     stream = RecognitionStream(
-        StreamStart(opts), recognizer, lambda a: EnergyVad(), RecognitionLimits(), emit
+        StreamStart(opts), recognizer, lambda a: EnergyVad(), limits or RecognitionLimits(), emit
     )
     await stream.run(feed(audio, end))
     return updates
@@ -215,6 +231,31 @@ async def test_committed_words_never_change_and_are_forced_on_the_decoder() -> N
         committed = words[: round(p.stability * len(words))]
     assert committed, "two agreeing partials must commit words"
     assert any(r.prefix for r in recognizer.requests)  # later decodes continue from the committed words
+
+
+async def test_partials_commit_only_words_the_decoder_was_sure_of_and_carry_no_words() -> None:
+    audio = pattern(("silence", 0.3), ("speech", 5.0), ("silence", 1.0))
+    gated = RecognitionLimits(partial_commit_probability=0.45)
+    recognizer = ScriptedRecognizer()
+    recognizer.unsure = {"w3"}
+    updates = await run_stream(audio, options(interim_results=True), recognizer, limits=gated)
+    partials = [u.payload for u in updates if isinstance(u.payload, Result) and not u.payload.is_final]
+    assert len(partials) >= 4
+    # One utterance: its first partial is not aligned (nothing can be committed yet), later ones are.
+    assert [r.options.word_timestamps for r in recognizer.partial_requests] == [False] + [True] * (
+        len(recognizer.partial_requests) - 1
+    )
+    assert all(not p.alternatives[0].words for p in partials)  # words are for the agreement only
+    longest = max(round(p.stability * len(p.alternatives[0].text.split())) for p in partials)
+    assert longest == 3  # w0 w1 w2: agreement stops at the unsure w3
+    # Without the gate the same stream commits past it, and partials ask for no words.
+    plain = ScriptedRecognizer()
+    plain.unsure = {"w3"}
+    updates = await run_stream(audio, options(interim_results=True), plain)
+    partials = [u.payload for u in updates if isinstance(u.payload, Result) and not u.payload.is_final]
+    assert max(round(p.stability * len(p.alternatives[0].text.split())) for p in partials) > 3
+    assert plain.partial_requests
+    assert not any(r.options.word_timestamps for r in plain.requests)
 
 
 async def test_low_confidence_finals_escalate_to_the_accurate_tier() -> None:

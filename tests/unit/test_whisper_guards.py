@@ -8,7 +8,7 @@ import numpy as np
 
 from voxwire_server.domain import Alternative, DecodeOptions
 from voxwire_server.engines.base import WindowRequest, WindowResult
-from voxwire_server.engines.whisper import WhisperRecognizer, _looped, _may_echo
+from voxwire_server.engines.whisper import WhisperRecognizer, _looped, _may_echo, _words
 
 SOT_PREV = 50360
 
@@ -80,3 +80,23 @@ def test_hotwords_come_first_and_the_history_fills_the_rest() -> None:
 def test_no_history_when_context_is_off() -> None:
     assert _context(_recognizer(0), 40) == []
     assert len(_context(_recognizer(0), 40, prompt="hello there")) == 3
+
+
+def test_aligned_words_are_the_transcript_s_words() -> None:
+    def piece(word: str, start: float, end: float, p: float) -> dict[str, Any]:
+        return {"word": word, "start": start, "end": end, "probability": p}
+
+    aligned = [
+        piece(" the", 0.0, 0.2, 0.9),
+        piece(" 42", 0.2, 0.5, 0.8),
+        piece("-line", 0.5, 0.9, 0.4),
+        piece(" bible", 0.9, 1.4, 0.7),
+        piece(".", 1.4, 1.4, 0.2),
+        piece(" i", 1.5, 1.6, 0.9),
+        piece(".e", 1.6, 2.5, 0.6),
+    ]
+    words = _words(aligned, audio_s=2.0)
+    assert [w.text for w in words] == ["the", "42-line", "bible.", "i.e"]
+    assert [w.probability for w in words] == [0.9, 0.4, 0.7, 0.6]
+    assert (words[1].start_s, words[1].end_s) == (0.2, 0.9)
+    assert words[3].end_s == 2.0  # kept inside the audio

@@ -453,14 +453,22 @@ def _compression_ratio(text: str) -> float:
 
 
 def _words(aligned: list[dict[str, Any]], audio_s: float) -> tuple[Word, ...]:
-    """Aligned words with punctuation folded into its word and times kept inside the audio."""
+    """Aligned words as the transcript spells them, one per space-separated word, with times kept
+    inside the audio: punctuation is folded into the word it follows, and a piece the aligner split
+    off a word without a space ("42" "-line") joins it, taking the lower probability of the two."""
     words: list[Word] = []
     for item in aligned:
-        text = str(item["word"]).strip()
+        raw = str(item["word"])
+        text = raw.strip()
         start, end = min(float(item["start"]), audio_s), min(float(item["end"]), audio_s)
         if words and (not text or all(c in _PUNCTUATION for c in text)):
             last = words[-1]
             words[-1] = Word(last.text + text, last.start_s, last.end_s, last.probability)
+            continue
+        if words and text and not raw[:1].isspace():
+            last = words[-1]
+            probability = min(last.probability, float(item["probability"]))
+            words[-1] = Word(last.text + text, last.start_s, max(last.end_s, end), probability)
             continue
         if text:
             words.append(Word(text, start, max(start, end), float(item["probability"])))

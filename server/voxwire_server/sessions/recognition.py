@@ -72,6 +72,9 @@ class RecognitionLimits:
     max_chunk_ms: int = 1000
     queue_chunks: int = 200
     partial_interval_ms: int = 500
+    # Partials commit a word two of them agree on only if both gave it this probability (0: on
+    # agreement alone).
+    partial_commit_probability: float = 0.0
     # Finals of the fast tier under this confidence are re-decoded on the accurate tier (0: never).
     escalation_confidence: float = 0.0
     # ... unless more than this many finals are waiting for the decoder.
@@ -314,7 +317,7 @@ class RecognitionStream:
         self._partial: asyncio.Task[None] | None = None
         self._last_partial_at = 0
         self._partial_interval = limits.partial_interval_ms * ASR_SAMPLE_RATE_HZ // 1000
-        self._agreement = LocalAgreement()
+        self._agreement = LocalAgreement(min_probability=limits.partial_commit_probability)
         self._utterances = Utterances(recognizer, options.decode, limits, shedding)
         self._clock = clock
         self._shedding = shedding
@@ -549,7 +552,13 @@ class RecognitionStream:
 
     async def _run_partial(self, audio: npt.NDArray[np.int16], start: int, index: int) -> None:
         started = self._clock()
-        options = replace(self._options.decode, tier=Tier.FAST, word_timestamps=False, max_alternatives=1)
+        # Words (with their probabilities) only for the agreement: partials are sent without them.
+        options = replace(
+            self._options.decode,
+            tier=Tier.FAST,
+            word_timestamps=self._agreement.needs_words,
+            max_alternatives=1,
+        )
         request = WindowRequest(
             pcm16_to_float(audio),
             options,
@@ -563,8 +572,8 @@ class RecognitionStream:
             return
         if not decoded.alternatives or index != self._endpointer.utterance_index:
             return
-        text, stability = self._agreement.update(decoded.alternatives[0].text)
-        best = replace(decoded.alternatives[0], text=text)
+        text, stability = self._agreement.update(decoded.alternatives[0])
+        best = replace(decoded.alternatives[0], text=text, words=())
         result = _result(
             replace(decoded, alternatives=(best,)),
             offset_samples=start,
