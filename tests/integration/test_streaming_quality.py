@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 import wave
 from collections.abc import Iterator
 
@@ -119,6 +120,28 @@ async def test_batched_windows_decode_like_unbatched_ones(server: RunningServer)
     assert [round(a.alternatives[0].confidence, 3) for a in alone] == [
         round(t.alternatives[0].confidence, 3) for t in together
     ]
+
+
+async def test_partials_get_the_words_of_their_text_unless_a_final_waits(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recognizer = server.app.runtime.recognizer
+    assert isinstance(recognizer, WhisperRecognizer)
+    (clip,) = speech_clips(["jfk_inaugural_1961"])
+    with wave.open(str(clip.path), "rb") as w:
+        audio = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+    request = WindowRequest(audio[: 6 * 16000], DecodeOptions(word_timestamps=True))
+    partial = (await recognizer.decode(request, final=False, deadline=time.monotonic() + 60)).alternatives[0]
+    # One aligned word per word of the text, each with a probability: what the agreement gates on.
+    assert [w.text for w in partial.words] == partial.text.split()
+    assert all(0.0 < w.probability <= 1.0 for w in partial.words)
+    # With a final waiting, a partial is not aligned (the final would wait for it).
+    monkeypatch.setattr(recognizer, "pending_finals", lambda: 1)
+    waiting = (await recognizer.decode(request, final=False, deadline=time.monotonic() + 60)).alternatives[0]
+    assert waiting.text == partial.text
+    assert waiting.words == ()
+    final = (await recognizer.decode(request, final=True, deadline=0)).alternatives[0]
+    assert final.words, "a final asked for word timings always gets them"
 
 
 def test_low_confidence_finals_escalate_to_the_accurate_tier() -> None:
