@@ -142,14 +142,16 @@ STREAMS = 24
 @pytest.fixture(scope="module")
 def slow() -> Iterator[RunningServer]:
     # One worker, no batching and 30 s windows: a decoder this slow falls behind within a dozen
-    # real-time streams on any machine; the thresholds are low so that refusals come early.
+    # real-time streams on any machine (a final takes 0.15-1.5 s). The admission threshold lets in at
+    # least two streams, whose partials are then shed (each waits behind the other's final), and
+    # refuses some of the 24 that arrive within the first utterance.
     config = ServerConfig(
         listen="127.0.0.1:0",
         asr_workers=1,
         max_batch=1,
         asr_min_window_s=30.0,
         escalation_confidence=0.0,
-        admission_max_delay_s=0.3,
+        admission_max_delay_s=2.0,
         shed_partials_delay_s=0.05,
         shed_escalation_delay_s=0.1,
         admission_ramp_per_s=0.0,

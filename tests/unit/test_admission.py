@@ -153,6 +153,30 @@ def test_streams_in_an_utterance_count_as_finals_to_come() -> None:
     policy.admit("t", 1)
 
 
+def test_a_stream_does_not_wait_behind_its_own_final() -> None:
+    shed: list[str] = []
+    load, clock = FakeLoad(), FakeClock()
+    config = AdmissionConfig(shed_partials_delay_s=0.3, shed_escalation_delay_s=0.5)
+    policy = StreamAdmission(config, load, clock=clock, on_shed=shed.append)
+    # Finals of long utterances take 0.7 s on each of two idle workers.
+    load.value = DecoderLoad(workers=2, final_service_s=0.7)
+    alone = policy.admit("t", 0)
+    alone.speaking(True)
+    # Alone on an idle decoder, its final would start at once: its partials are not shed...
+    assert not alone.shed_partial() and not alone.skip_escalation()
+    # ...while a new stream's final would wait behind its final: 0.35 s.
+    assert policy.committed_delay_s() == pytest.approx(0.35)
+    other = policy.admit("t", 0)
+    other.speaking(True)
+    # With two in an utterance, each one's final may wait behind the other's.
+    assert alone.shed_partial() and other.shed_partial()
+    assert shed == ["partial", "partial"]
+    other.speaking(False)
+    alone.speaking(False)  # its final is the queue's to count now, like any other
+    load.value = DecoderLoad(workers=2, running_finals=1, final_service_s=0.7)
+    assert alone.shed_partial()
+
+
 def test_a_partial_service_time_stands_in_before_any_final_ran() -> None:
     load = DecoderLoad(workers=1, partial_service_s=0.2)
     assert expected_final_delay_s(load, speaking=5) == pytest.approx(1.0)

@@ -176,11 +176,15 @@ class StreamAdmission:
         """The wait of a final submitted now."""
         return expected_final_delay_s(self._load())
 
-    def committed_delay_s(self) -> float:
+    def committed_delay_s(self, asking: StreamTicket | None = None) -> float:
         """The wait of the last final if every stream in an utterance ended it now: what shedding
         and admission decide from (a stream's cost shows in the queue only once it has spoken, and
-        utterances of many streams end together)."""
-        return expected_final_delay_s(self._load(), self.speaking + self._presumed())
+        utterances of many streams end together). ``asking``: the stream this is for, whose own
+        final, if it is in an utterance, is not ahead of itself (without this, a lone stream on an
+        idle decoder whose finals take over the partials threshold per worker shed every partial)."""
+        own = 1 if asking is not None and asking.in_utterance else 0
+        others = self.speaking + self._presumed() - own
+        return expected_final_delay_s(self._load(), others)
 
     def _presumed(self) -> int:
         cutoff = self._clock() - PRESUMED_SPEAKING_S
@@ -233,21 +237,21 @@ class StreamAdmission:
         finally:
             ticket.close()
 
-    def _shedding(self, kind: str, threshold_s: float) -> bool:
-        if self.committed_delay_s() <= threshold_s:
+    def _shedding(self, kind: str, threshold_s: float, asking: StreamTicket | None) -> bool:
+        if self.committed_delay_s(asking) <= threshold_s:
             return False
         self.shed[kind] = self.shed.get(kind, 0) + 1
         if self._on_shed is not None:
             self._on_shed(kind)
         return True
 
-    def shed_partial(self) -> bool:
+    def shed_partial(self, asking: StreamTicket | None = None) -> bool:
         """Whether a partial due now is skipped (counted as shed): finals come first."""
-        return self._shedding("partial", self.config.shed_partials_delay_s)
+        return self._shedding("partial", self.config.shed_partials_delay_s, asking)
 
-    def skip_escalation(self) -> bool:
+    def skip_escalation(self, asking: StreamTicket | None = None) -> bool:
         """Whether a final that would be re-decoded on the accurate tier keeps its fast answer."""
-        return self._shedding("escalation", self.config.shed_escalation_delay_s)
+        return self._shedding("escalation", self.config.shed_escalation_delay_s, asking)
 
 
 class StreamTicket:
@@ -258,11 +262,15 @@ class StreamTicket:
         self._speaking = False
         self._closed = False
 
+    @property
+    def in_utterance(self) -> bool:
+        return self._speaking
+
     def shed_partial(self) -> bool:
-        return self._admission.shed_partial()
+        return self._admission.shed_partial(self)
 
     def skip_escalation(self) -> bool:
-        return self._admission.skip_escalation()
+        return self._admission.skip_escalation(self)
 
     def speaking(self, active: bool) -> None:
         self._admission.reported(self)
