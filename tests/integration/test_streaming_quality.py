@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import RunningServer, serve_in_thread
-from tests.helpers import noise_clips, speech_clips, wer
+from tests.helpers import SAMPLE_JFK, noise_clips, speech_clips, wer
 from voxwire import AudioEncoding, Client, ModelTier, RecognitionConfig
 from voxwire_server.config import ServerConfig
 from voxwire_server.domain import DecodeOptions
@@ -89,6 +89,17 @@ def test_streams_linear16_at_every_rate(client: Client, rate: int) -> None:
     config = RecognitionConfig(encoding=AudioEncoding.LINEAR16, sample_rate_hz=rate)
     text = finals_text(client, pcm, config)
     assert wer([(clip.text, text)]) <= 0.15, (rate, text)
+
+
+def test_a_clip_and_a_stream_of_it_get_the_same_finals(client: Client) -> None:
+    # Both noisy clips came out one word apart ("Steller"/"Stella", "store"/"storm") while Recognize
+    # took one step of quantization off almost every sample.
+    clips = speech_clips(["vctk_p287_001_noisy", "vctk_p287_002_noisy"])
+    for path in [SAMPLE_JFK, *(clip.path for clip in clips)]:
+        recognized = [r.transcript for r in client.recognize(str(path)).results]
+        updates = client.stream(str(path), chunk_ms=20)
+        streamed = [u.result.transcript for u in updates if u.result is not None and u.result.is_final]
+        assert recognized and recognized == streamed, path.name
 
 
 def test_n_best_alternatives_with_confidences(client: Client) -> None:

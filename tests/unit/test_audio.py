@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from voxwire_server.domain import AudioFormat, Encoding
-from voxwire_server.engines.audio import AudioEncoder, StreamDecoder, decode_clip, wav_header
+from voxwire_server.engines.audio import (
+    AudioEncoder,
+    StreamDecoder,
+    decode_clip,
+    float_to_pcm16,
+    pcm16_to_float,
+    wav_header,
+)
 from voxwire_server.errors import InvalidInput
 
 
@@ -36,6 +43,27 @@ def test_linear16_clips_are_resampled_to_16k(rate: int, channels: int) -> None:
     assert abs(samples.size - 16000) <= 16
     assert samples.dtype == np.float32
     assert 0.2 < float(np.abs(samples).max()) < 0.3
+
+
+def test_16_bit_audio_comes_back_from_float_sample_for_sample() -> None:
+    every = np.arange(-32768, 32768, dtype=np.int32).astype(np.int16)
+    assert np.array_equal(float_to_pcm16(pcm16_to_float(every)), every)
+    # Out of range is clipped, not wrapped; NaN-free input of either float width is accepted.
+    loud = np.array([-2.0, -1.0, 1.0, 2.0], dtype=np.float64)
+    assert float_to_pcm16(loud).tolist() == [-32768, -32768, 32767, 32767]
+
+
+def test_a_16_bit_wav_clip_decodes_to_its_own_samples() -> None:
+    # What Recognize hands the endpointer is what a stream of the same WAV hands it.
+    pcm = (np.sin(np.arange(16000) / 7) * 12000).astype(np.int16)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm.tobytes())
+    samples = decode_clip(out.getvalue(), AudioFormat(Encoding.WAV))
+    assert np.array_equal(float_to_pcm16(samples), pcm)
 
 
 def test_wav_clip_and_format_mismatches() -> None:

