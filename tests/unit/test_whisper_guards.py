@@ -6,9 +6,16 @@ from typing import Any
 
 import numpy as np
 
-from voxwire_server.domain import Alternative, DecodeOptions
+from voxwire_server.domain import Alternative, DecodeOptions, Tier
 from voxwire_server.engines.base import WindowRequest, WindowResult
-from voxwire_server.engines.whisper import WhisperRecognizer, _looped, _may_echo, _words
+from voxwire_server.engines.whisper import (
+    LOOP_REPETITION_PENALTY,
+    REPETITION_PENALTY,
+    WhisperRecognizer,
+    _looped,
+    _may_echo,
+    _words,
+)
 
 SOT_PREV = 50360
 
@@ -57,6 +64,56 @@ def test_a_loop_is_a_rejected_repetition_or_a_repeated_run_of_four_words() -> No
     assert _looped(WindowResult((Alternative("I will go there and I will go there and I will go", 0.5),)))
     assert not _looped(WindowResult((Alternative("I will go there and then I will go home", 0.9),)))
     assert not _looped(WindowResult((), rejected="no_speech"))
+
+
+def test_a_short_unit_five_times_in_a_row_is_a_loop() -> None:
+    def looped(text: str) -> bool:
+        return _looped(WindowResult((Alternative(text, 0.9),)))
+
+    assert looped("2. Committed by the Bankruptcy Commissioner, 1.4.1.1.1.1.1.1.1.1.1.1.1.1.1.")
+    assert looped("the the the the the the")
+    # Speech repeats single characters and a few words: "1000000", "Wait.....", "No, no, no."
+    for text in ["1000000 dollars", "Wait.....", "No, no, no.", "Call 555-1234.", "hello... there"]:
+        assert not looped(text), text
+
+
+def _scripted(answers: dict[tuple[float, str], str]) -> tuple[WhisperRecognizer, list[tuple[float, str]]]:
+    """A recognizer whose windows decode to ``answers[(repetition penalty, context)]``."""
+    recognizer = WhisperRecognizer.__new__(WhisperRecognizer)
+    calls: list[tuple[float, str]] = []
+
+    def decode(requests: list[WindowRequest], penalty: float | None = None) -> list[WindowResult]:
+        key = (penalty or REPETITION_PENALTY[requests[0].options.tier], requests[0].context)
+        calls.append(key)
+        return [WindowResult((Alternative(answers[key], 0.9),)) for _ in requests]
+
+    recognizer._decode_speech = decode  # type: ignore[method-assign]
+    return recognizer, calls
+
+
+def test_a_window_that_loops_is_decoded_again_with_a_repetition_penalty_then_without_context() -> None:
+    audio = np.zeros(16000, np.float32)  # answers of 2+ words a second are not doubtful: no speech check
+    request = WindowRequest(audio, DecodeOptions(), context="before")
+    loop = "one two three four one two three four"
+    plain = REPETITION_PENALTY[Tier.FAST]
+    assert plain < LOOP_REPETITION_PENALTY
+    recognizer, calls = _scripted(
+        {(plain, "before"): loop, (LOOP_REPETITION_PENALTY, "before"): "fixed it now"}
+    )
+    (result,) = recognizer._decode_windows([request])
+    assert result.alternatives[0].text == "fixed it now"
+    assert calls == [(plain, "before"), (LOOP_REPETITION_PENALTY, "before")]
+    answers = {(plain, "before"): loop, (LOOP_REPETITION_PENALTY, "before"): loop}
+    recognizer, calls = _scripted({**answers, (LOOP_REPETITION_PENALTY, ""): "without the context"})
+    assert recognizer._decode_windows([request])[0].alternatives[0].text == "without the context"
+    # Nothing better: the first answer stays (its words are not thrown away).
+    recognizer, calls = _scripted({**answers, (LOOP_REPETITION_PENALTY, ""): loop})
+    assert recognizer._decode_windows([request])[0].alternatives[0].text == loop
+    assert len(calls) == 3
+    # An answer that does not loop is decoded once.
+    recognizer, calls = _scripted({(plain, "before"): "fine words here"})
+    assert recognizer._decode_windows([request])[0].alternatives[0].text == "fine words here"
+    assert calls == [(plain, "before")]
 
 
 def test_previous_text_is_cut_to_a_few_lengths_so_streams_share_batches() -> None:
