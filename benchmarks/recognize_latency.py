@@ -173,7 +173,16 @@ def main() -> None:
         ratio, wer_pct = float(r["ratio_p50_vs_baseline"]), 100 * float(r["wer"])
         print(f"| {r['method']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {ratio:.2f} | {wer_pct:.1f} % |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"clips": [c["id"] for c in clips], "rows": rows}, indent=2))
+    per_clip = [
+        {
+            "id": c["id"],
+            "duration_s": c["duration_s"],
+            "baseline_ms": base_times[i] * 1000,
+            **{f"{key}_ms": got[key][i] * 1000 for key in ("recognize", "stream_final", "endpointed_final")},
+        }
+        for i, c in enumerate(clips)
+    ]
+    Path(args.out).write_text(json.dumps({"clips": per_clip, "rows": rows}, indent=2))
     print(f"\nwrote {args.out}")
 
 

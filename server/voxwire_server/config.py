@@ -96,7 +96,7 @@ class ServerConfig:
         64, "tokens of a stream's earlier finals that condition its next utterance (0 = none, at most 223)"
     )
     asr_min_window_s: float = _opt(
-        12.0, "shortest decoding window of the fast tier, in seconds (2..30; audio + 1 s, in 2 s steps)"
+        8.0, "shortest decoding window of the fast tier, in seconds (2..30; audio + 1 s, in 2 s steps)"
     )
     context_gap_s: float = _opt(
         10.0, "a pause longer than this between utterances starts a new context (nothing said before)"

@@ -28,14 +28,16 @@ _SAMPLE_RATE_HZ = 16000
 # Short windows: the audio plus at least this much silence (exact-length windows fall into loops),
 # at least MIN_WINDOW_S long, rounded up to a multiple of WINDOW_STEP_S so that windows of different
 # streams can share a batch. Measured on the clips <= 29 s of both dev sets (Recognize, word errors,
-# speech-dev / speech-dev-2; offline faster-whisper on 30 s windows: 46 / 160): 8 s windows 55 / 175,
-# 12 s 52 / 163, 16 s 55 / 159, 8 s with 3 s of padding 53 / 174, 30 s 72 / 164 (one 26 s clip
-# broke). 12 s is the shortest that is about as good as 30 s on both, at ~2/5 of its encoder cost.
-# 2 s windows repeated short utterances into the padding.
+# speech-dev / speech-dev-2; offline faster-whisper on 30 s windows: 46 / 160), with a repetition
+# penalty of 1.1 on every decode: 8 s windows 55 / 175, 12 s 52 / 163, 16 s 55 / 159, 8 s with 3 s of
+# padding 53 / 174, 30 s 72 / 164 (one 26 s clip broke). Without the penalty (every clip of both sets,
+# ~3 errors is noise): 6 s 48 / 281 (short commands echoed into the padding), 8 s 44 / 248,
+# 10 s 46 / 251, 12 s 45 / 249, 14 s 44 / 246: 8 s is as good as longer windows and a final on it
+# costs ~0.75x one on 12 s. 2 s windows repeated short utterances into the padding.
 WINDOW_PAD_S = 1.0
-MIN_WINDOW_S = 12.0
-# Partials use the same windows: on 8 s windows, 4.9 % of the words partials committed on
-# speech-dev-2 differed from the final, on 12 s windows 3.0 %.
+MIN_WINDOW_S = 8.0
+# Partials use the same windows as finals: on 8 s windows for partials and 12 s for finals, 4.9 % of
+# the words partials committed on speech-dev-2 differed from the final, on 12 s for both 3.0 %.
 WINDOW_STEP_S = 2.0
 MAX_WINDOW_S = 30.0
 # Guards on the fast path (temperature 0, no fallback).
