@@ -110,3 +110,77 @@ def test_without_a_pause_the_cut_still_loses_nothing() -> None:
         assert after.audio_start == before.audio_start + before.audio.size
         assert before.audio.size <= 2 * RATE
     assert ended[-1].audio_start + ended[-1].audio.size >= int(7.0 * RATE)
+
+
+class CountingVad(EnergyVad):
+    def __init__(self, frame_ms: int = 30) -> None:
+        super().__init__(frame_ms)
+        self.heard = 0
+
+    def is_speech(self, frame: npt.NDArray[np.int16]) -> bool:
+        self.heard += 1
+        return super().is_speech(frame)
+
+
+def _same(a: list[object], b: list[object]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, UtteranceEnded) and isinstance(y, UtteranceEnded):
+            if not np.array_equal(x.audio, y.audio) or (x.audio_start, x.speech_end, x.end, x.forced) != (
+                y.audio_start,
+                y.speech_end,
+                y.end,
+                y.forced,
+            ):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("frame_ms", [10, 30])
+def test_an_endpointer_restored_from_a_snapshot_goes_on_exactly_as_the_original(frame_ms: int) -> None:
+    from voxwire_server.storage.codec import pack, unpack
+
+    config = Endpointing(silence_ms=300, max_utterance_s=2.0, min_speech_ms=60, pre_roll_ms=120)
+    audio = pattern(
+        ("silence", 0.5),
+        ("speech", 1.0),
+        ("silence", 0.5),
+        ("speech", 3.3),
+        ("silence", 0.2),
+        ("speech", 0.4),
+    )
+    whole = run(Endpointer(EnergyVad(frame_ms), config), audio)
+    assert sum(isinstance(e, UtteranceEnded) for e in whole) >= 4  # a pause, a forced cut, the end
+    # Snapshots taken before speech, in the pre-roll, mid-utterance, mid-frame, in the trailing
+    # silence and right after a forced cut.
+    for cut in range(0, audio.size, 1777):
+        first = Endpointer(EnergyVad(frame_ms), config)
+        events = first.push(audio[:cut])
+        resumed = Endpointer(EnergyVad(frame_ms), config)
+        resumed.restore(unpack(pack(first.snapshot())))
+        events += run(resumed, audio[cut:])
+        assert _same(events, whole), f"differs when resumed at sample {cut}"
+
+
+def test_restore_rebuilds_the_vad_on_the_audio_it_holds_and_refuses_a_foreign_snapshot() -> None:
+    config = Endpointing(silence_ms=300, min_speech_ms=60, pre_roll_ms=120)
+    first = Endpointer(EnergyVad(30), config)
+    first.push(pattern(("silence", 0.5), ("speech", 1.0)))
+    state = first.snapshot()
+    vad = CountingVad(30)
+    Endpointer(vad, config).restore(state, warm_up_frames=10)
+    assert vad.heard == 10
+    vad = CountingVad(30)
+    Endpointer(vad, config).restore(state, warm_up_frames=10_000)
+    assert vad.heard == state["frames"].size // 480
+    with pytest.raises(ValueError, match="samples"):
+        Endpointer(EnergyVad(10), config).restore(state)
+    with pytest.raises(ValueError, match="inconsistent"):
+        Endpointer(EnergyVad(30), config).restore({**state, "frame_sizes": [1, 2]})
+    with pytest.raises(ValueError, match="not an endpointer snapshot"):
+        Endpointer(EnergyVad(30), config).restore({"position": 3})

@@ -85,6 +85,25 @@ class LocalAgreement:
             return [False] * n
         return [w.probability >= self._min_probability for w in hypothesis.words]
 
+    def snapshot(self) -> dict[str, list[str] | list[bool]]:
+        return {
+            "committed": list(self.committed),
+            "previous": list(self._previous),
+            "sure": list(self._previous_sure),
+        }
+
+    def restore(self, state: dict[str, list[str] | list[bool]]) -> None:
+        """Continues from a snapshot(); ValueError for one that does not fit."""
+        try:
+            committed = [str(w) for w in state["committed"]]
+            previous = [str(w) for w in state["previous"]]
+            sure = [bool(x) for x in state["sure"]]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an agreement snapshot: {exc}") from None
+        if len(sure) != len(previous) or len(committed) > len(previous):
+            raise ValueError("the agreement snapshot is inconsistent")
+        self.committed, self._previous, self._previous_sure = committed, previous, sure
+
     def reset(self) -> None:
         self.committed = []
         self._previous = []

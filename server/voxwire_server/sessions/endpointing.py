@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -93,6 +94,68 @@ class Endpointer:
         if not self._frames:
             return np.zeros(0, np.int16), self._audio_start
         return np.concatenate(self._frames), self._audio_start
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything this endpointer knows, as plain values and arrays (for the stream-state codec);
+        the VAD's own state is not in it: restore() rebuilds it."""
+        return {
+            "frame_samples": self._frame,
+            "position": self._position,
+            "utterance_index": self._utterance_index,
+            "speaking": self._speaking,
+            "voiced_run": self._voiced_run,
+            "audio_start": self._audio_start,
+            "last_voiced_end": self._last_voiced_end,
+            "silence_run": self._silence_run,
+            "frames": _joined(self._frames),
+            "frame_sizes": [f.size for f in self._frames],
+            "loudness": np.asarray(self._loudness, np.float64),
+            "ring": _joined(list(self._ring)),
+            "leftover": self._leftover.copy(),
+        }
+
+    def restore(self, state: dict[str, Any], warm_up_frames: int = 0) -> None:
+        """Continues from a snapshot() of an endpointer with the same configuration. The VAD (a fresh
+        one) first hears up to warm_up_frames of the audio the snapshot holds, its decisions unused,
+        so that its adaptation starts near where the old one left off. ValueError for a snapshot that
+        does not fit."""
+        try:
+            frames = np.asarray(state["frames"], np.int16)
+            sizes = [int(n) for n in state["frame_sizes"]]
+            ring = np.asarray(state["ring"], np.int16)
+            loudness = [float(x) for x in state["loudness"]]
+            fields = {name: int(state[name]) for name in _COUNTERS}
+            speaking = bool(state["speaking"])
+            leftover = np.asarray(state["leftover"], np.int16)
+            frame = int(state["frame_samples"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not an endpointer snapshot: {exc}") from None
+        if frame != self._frame:
+            raise ValueError(f"the snapshot's frames are {frame} samples; this endpointer's {self._frame}")
+        if (
+            sum(sizes) != frames.size
+            or any(n <= 0 for n in sizes)
+            or ring.size % frame
+            or ring.size // frame > (self._ring.maxlen or 0)
+            or len(loudness) != len(sizes)
+            or speaking != bool(sizes)
+            or leftover.size >= frame
+            or min(fields.values()) < 0
+        ):
+            raise ValueError("the endpointer snapshot is inconsistent")
+        self._frames = np.split(frames, np.cumsum(sizes)[:-1]) if sizes else []
+        self._loudness = loudness
+        self._ring.clear()
+        self._ring.extend(ring.reshape(-1, frame))
+        self._leftover = leftover
+        self._speaking = speaking
+        for name, value in fields.items():
+            setattr(self, f"_{name}", value)
+        heard = np.concatenate([ring, frames]) if ring.size else frames
+        whole = heard.size - heard.size % frame
+        start = max(0, whole - warm_up_frames * frame)
+        for at in range(start, whole, frame):
+            self._vad.is_speech(heard[at : at + frame])
 
     def push(self, samples: npt.NDArray[np.int16]) -> list[EndpointEvent]:
         data = np.concatenate([self._leftover, samples]) if self._leftover.size else samples
@@ -188,6 +251,20 @@ class Endpointer:
         self._loudness = []
         self._silence_run = 0
         return event
+
+
+_COUNTERS = (
+    "position",
+    "utterance_index",
+    "voiced_run",
+    "audio_start",
+    "last_voiced_end",
+    "silence_run",
+)
+
+
+def _joined(frames: list[npt.NDArray[np.int16]]) -> npt.NDArray[np.int16]:
+    return np.concatenate(frames) if frames else np.zeros(0, np.int16)
 
 
 def _energy(frame: npt.NDArray[np.int16]) -> float:

@@ -84,7 +84,7 @@ return {entries, size}
 """
 
 
-def _describe_url(url: str) -> str:
+def describe_url(url: str) -> str:
     """Where the store points, without credentials: safe for logs and client-facing messages."""
     parts = urlsplit(url)
     if parts.scheme == "unix":
@@ -108,7 +108,7 @@ class RedisStore:
     def __init__(self, url: str, *, timeout_s: float = 0.05, key_prefix: str = "voxwire:") -> None:
         if not (math.isfinite(timeout_s) and timeout_s > 0):
             raise ConfigError(f"the Redis timeout must be a positive number of seconds, got {timeout_s!r}")
-        self._where = _describe_url(url)
+        self._where = describe_url(url)
         try:
             self._client = redis.asyncio.Redis.from_url(
                 url,

@@ -1,0 +1,90 @@
+"""Stream state round-trips through the codec whole, and what is not a state of this version is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.unit.test_endpointing import EnergyVad, pattern
+from voxwire_server.domain import (
+    AudioFormat,
+    CachePolicy,
+    DecodeOptions,
+    Encoding,
+    Endpointing,
+    RecognitionOptions,
+    RequestContext,
+    Tier,
+)
+from voxwire_server.sessions.agreement import LocalAgreement
+from voxwire_server.sessions.endpointing import Endpointer
+from voxwire_server.sessions.stream_state import StreamState, StreamStateError
+from voxwire_server.storage.codec import pack, unpack
+
+OPTIONS = RecognitionOptions(
+    audio=AudioFormat(Encoding.LINEAR16, 16000, 1),
+    decode=DecodeOptions(Tier.ACCURATE, "en", True, 2, ("voxwire", "Hibari"), "names"),
+    endpointing=Endpointing(silence_ms=450, max_utterance_s=12.5, vad_aggressiveness=3, min_speech_ms=60),
+    interim_results=True,
+    single_utterance=False,
+    context=RequestContext("acme", "alice", CachePolicy.DO_NOT_STORE, "req-1"),
+)
+
+
+def _state() -> StreamState:
+    endpointer = Endpointer(EnergyVad(30), OPTIONS.endpointing)
+    endpointer.push(pattern(("silence", 0.4), ("speech", 1.2))[:-100])
+    agreement = LocalAgreement()
+    agreement.restore({"committed": ["turn"], "previous": ["turn", "the", "lights"], "sure": [True] * 3})
+    return StreamState(
+        stream_id="stream-1",
+        sequence=9,
+        model="tiny.en",
+        options=OPTIONS,
+        endpointer=endpointer.snapshot(),
+        received_samples=endpointer.position + 17,
+        committed_ms=250,
+        previous_text="hello there",
+        previous_end=4000,
+        agreement=agreement.snapshot(),
+        last_partial_at=20_000,
+    )
+
+
+def test_a_state_reads_back_as_it_was_written() -> None:
+    state = _state()
+    back = StreamState.from_bytes(state.to_bytes())
+    assert back.options == OPTIONS
+    assert (back.tenant_id, back.user_id) == ("acme", "alice")
+    for name in ("stream_id", "sequence", "model", "received_samples", "committed_ms", "previous_text"):
+        assert getattr(back, name) == getattr(state, name)
+    assert back.agreement == state.agreement
+    assert back.endpointer.keys() == state.endpointer.keys()
+    for key, value in state.endpointer.items():
+        assert np.array_equal(back.endpointer[key], value), key
+    # What it holds is enough to go on: the endpointer and the agreement restore from it.
+    Endpointer(EnergyVad(30), back.options.endpointing).restore(back.endpointer)
+    LocalAgreement().restore(back.agreement)
+
+
+def test_a_state_of_another_version_or_shape_is_refused() -> None:
+    raw = unpack(_state().to_bytes())
+    with pytest.raises(StreamStateError, match="version 2"):
+        StreamState.from_bytes(pack({**raw, "v": 2}))
+    with pytest.raises(StreamStateError, match="malformed"):
+        StreamState.from_bytes(pack({**raw, "sequence": "9"}))
+    with pytest.raises(StreamStateError, match="malformed"):
+        StreamState.from_bytes(pack({k: v for k, v in raw.items() if k != "options"}))
+    with pytest.raises(StreamStateError, match="malformed"):
+        StreamState.from_bytes(pack({**raw, "options": {**raw["options"], "decode": ["medium"]}}))
+    with pytest.raises(StreamStateError, match="negative"):
+        StreamState.from_bytes(pack({**raw, "received_samples": -1}))
+    with pytest.raises(StreamStateError, match="unreadable"):
+        StreamState.from_bytes(b"pickle?")
+    with pytest.raises(StreamStateError, match="not a map"):
+        StreamState.from_bytes(pack([1, 2]))
+
+
+def test_a_typical_mid_utterance_state_is_small() -> None:
+    # 1.2 s into an utterance: its audio (38 KB of int16) is most of the state.
+    assert len(_state().to_bytes()) < 50_000
