@@ -167,20 +167,81 @@ def test_an_endpointer_restored_from_a_snapshot_goes_on_exactly_as_the_original(
         assert _same(events, whole), f"differs when resumed at sample {cut}"
 
 
-def test_restore_rebuilds_the_vad_on_the_audio_it_holds_and_refuses_a_foreign_snapshot() -> None:
+class RunningMeanVad(CountingVad):
+    """A VAD with state, as webrtcvad has: a frame is speech when louder than the mean level heard."""
+
+    def __init__(self, frame_ms: int = 30) -> None:
+        super().__init__(frame_ms)
+        self.total = 0.0
+
+    def is_speech(self, frame: npt.NDArray[np.int16]) -> bool:
+        self.heard += 1
+        level = float(np.abs(frame).mean())
+        self.total += level
+        return level > 1000 and level > 0.5 * self.total / self.heard
+
+
+def test_a_vad_with_state_is_renewed_so_a_restored_endpointer_decides_as_the_original() -> None:
+    from voxwire_server.storage.codec import pack, unpack
+
+    config = Endpointing(silence_ms=300, max_utterance_s=2.0, min_speech_ms=60, pre_roll_ms=120)
+    audio = pattern(
+        ("silence", 3.0),
+        ("speech", 1.0),
+        ("silence", 0.5),
+        ("speech", 3.3),
+        ("silence", 2.5),
+        ("speech", 0.4),
+    )
+
+    def endpointer() -> Endpointer:
+        return Endpointer(RunningMeanVad(), config, renew_vad=RunningMeanVad)
+
+    whole = run(endpointer(), audio)
+    assert sum(isinstance(e, UtteranceEnded) for e in whole) >= 4
+    for cut in range(0, audio.size, 1777):
+        first = endpointer()
+        events = first.push(audio[:cut])
+        resumed = endpointer()
+        resumed.restore(unpack(pack(first.snapshot())))
+        events += run(resumed, audio[cut:])
+        assert _same(events, whole), f"differs when resumed at sample {cut}"
+    # Without renewal the restored VAD has not heard what the old one had.
+    first = Endpointer(RunningMeanVad(), config)
+    first.push(audio[: audio.size // 2])
+    assert first.snapshot()["heard"].size < audio.size // 2
+
+
+def test_the_audio_a_snapshot_holds_stays_bounded_through_silence_and_long_speech() -> None:
+    config = Endpointing(silence_ms=300, max_utterance_s=2.0, min_speech_ms=60, pre_roll_ms=120)
+    endpointer = Endpointer(RunningMeanVad(), config, renew_vad=RunningMeanVad)
+    for kind, seconds in (("silence", 30.0), ("speech", 30.0)):
+        endpointer.push(pattern((kind, seconds)))
+        # The renewal period, its warm-up and at most one utterance (max_utterance_s) of audio.
+        assert endpointer.snapshot()["heard"].size <= RATE * (2.0 + 0.5 + 2.0)
+
+
+def test_restore_refuses_a_foreign_or_broken_snapshot() -> None:
     config = Endpointing(silence_ms=300, min_speech_ms=60, pre_roll_ms=120)
     first = Endpointer(EnergyVad(30), config)
     first.push(pattern(("silence", 0.5), ("speech", 1.0)))
     state = first.snapshot()
+    assert state["speaking"] and state["utterance_frames"] > 0
     vad = CountingVad(30)
-    Endpointer(vad, config).restore(state, warm_up_frames=10)
-    assert vad.heard == 10
-    vad = CountingVad(30)
-    Endpointer(vad, config).restore(state, warm_up_frames=10_000)
-    assert vad.heard == state["frames"].size // 480
+    Endpointer(vad, config).restore(state)
+    assert vad.heard == state["heard"].size // 480
     with pytest.raises(ValueError, match="samples"):
         Endpointer(EnergyVad(10), config).restore(state)
-    with pytest.raises(ValueError, match="inconsistent"):
-        Endpointer(EnergyVad(30), config).restore({**state, "frame_sizes": [1, 2]})
+    for broken in (
+        {"utterance_frames": 10_000},
+        {"speaking": False},
+        {"ring_frames": 3},
+        {"loudness": np.zeros(1)},
+        {"heard": state["heard"][:-1]},
+        {"leftover": np.zeros(480, np.int16)},
+        {"position": -1},
+    ):
+        with pytest.raises(ValueError, match="inconsistent"):
+            Endpointer(EnergyVad(30), config).restore({**state, **broken})
     with pytest.raises(ValueError, match="not an endpointer snapshot"):
         Endpointer(EnergyVad(30), config).restore({"position": 3})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,16 @@ CUT_SEARCH_S = 3.0
 # calls unvoiced count at a quarter of their energy.
 _QUIET_FRAMES = 3
 _UNVOICED_WEIGHT = 0.25
+# The VAD adapts to what it hears, and its (C) state cannot be stored. So that a stream's state can
+# rebuild it exactly, the VAD is replaced by a fresh one at the end of every utterance and after
+# VAD_RENEW_S of audio without speech, and the new one first hears the last VAD_WARM_UP_S (after a
+# forced cut, the whole utterance it goes on with): its state is then a function of the audio since
+# the renewal, which the state holds. Measured on both dev sets: Recognize made 44 / 248 word errors
+# without renewal, 44 / 250 with it; of 570 snapshots taken at random points of their clips and
+# restored into a fresh endpointer, 570 went on with the same utterances, against 373 without
+# renewal (481 with one second of warm-up).
+VAD_RENEW_S = 2.0
+VAD_WARM_UP_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +63,16 @@ class Endpointer:
     the quietest point of its last CUT_SEARCH_S and the rest goes on as the next utterance, so no
     word is split between two utterances and no audio is dropped."""
 
-    def __init__(self, vad: VoiceActivityDetector, config: Endpointing) -> None:
+    def __init__(
+        self,
+        vad: VoiceActivityDetector,
+        config: Endpointing,
+        renew_vad: Callable[[], VoiceActivityDetector] | None = None,
+    ) -> None:
+        """renew_vad: makes the fresh VAD of each renewal (None: the VAD is kept, so only a stateless
+        one resumes exactly)."""
         self._vad = vad
+        self._renew_vad = renew_vad
         self._frame = ASR_SAMPLE_RATE_HZ * vad.frame_ms // 1000
         self._start_frames = max(1, -(-config.min_speech_ms // vad.frame_ms))
         self._end_frames = max(1, -(-config.silence_ms // vad.frame_ms))
@@ -64,6 +83,11 @@ class Endpointer:
         self._ring: collections.deque[npt.NDArray[np.int16]] = collections.deque(
             maxlen=pre_roll_frames + self._start_frames
         )
+        self._renew_frames = max(1, int(VAD_RENEW_S * 1000) // vad.frame_ms)
+        # At least the pre-roll: the ring and the utterance are always the last frames heard.
+        self._warm_up_frames = max(self._ring.maxlen or 0, int(VAD_WARM_UP_S * 1000) // vad.frame_ms)
+        # Every frame the VAD heard since its renewal (its warm-up included).
+        self._heard: list[npt.NDArray[np.int16]] = []
         self._leftover = np.zeros(0, np.int16)
         self._position = 0  # samples consumed into frames so far
         self._utterance_index = 0
@@ -96,8 +120,9 @@ class Endpointer:
         return np.concatenate(self._frames), self._audio_start
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything this endpointer knows, as plain values and arrays (for the stream-state codec);
-        the VAD's own state is not in it: restore() rebuilds it."""
+        """Everything this endpointer knows, as plain values and arrays (for the stream-state codec):
+        the audio its VAD heard since its renewal (the pre-roll or the utterance in progress are the
+        last frames of it), and the part frame not yet heard."""
         return {
             "frame_samples": self._frame,
             "position": self._position,
@@ -107,24 +132,21 @@ class Endpointer:
             "audio_start": self._audio_start,
             "last_voiced_end": self._last_voiced_end,
             "silence_run": self._silence_run,
-            "frames": _joined(self._frames),
-            "frame_sizes": [f.size for f in self._frames],
+            "heard": np.concatenate(self._heard) if self._heard else np.zeros(0, np.int16),
+            "utterance_frames": len(self._frames),
+            "ring_frames": len(self._ring),
             "loudness": np.asarray(self._loudness, np.float64),
-            "ring": _joined(list(self._ring)),
             "leftover": self._leftover.copy(),
         }
 
-    def restore(self, state: dict[str, Any], warm_up_frames: int = 0) -> None:
-        """Continues from a snapshot() of an endpointer with the same configuration. The VAD (a fresh
-        one) first hears up to warm_up_frames of the audio the snapshot holds, its decisions unused,
-        so that its adaptation starts near where the old one left off. ValueError for a snapshot that
-        does not fit."""
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continues from a snapshot() of an endpointer with the same configuration: this one's VAD
+        (a fresh one) hears the snapshot's audio first, so it decides as the old one would have.
+        ValueError for a snapshot that does not fit."""
         try:
-            frames = np.asarray(state["frames"], np.int16)
-            sizes = [int(n) for n in state["frame_sizes"]]
-            ring = np.asarray(state["ring"], np.int16)
+            heard = np.asarray(state["heard"], np.int16)
+            counts = {name: int(state[name]) for name in _COUNTERS}
             loudness = [float(x) for x in state["loudness"]]
-            fields = {name: int(state[name]) for name in _COUNTERS}
             speaking = bool(state["speaking"])
             leftover = np.asarray(state["leftover"], np.int16)
             frame = int(state["frame_samples"])
@@ -132,30 +154,31 @@ class Endpointer:
             raise ValueError(f"not an endpointer snapshot: {exc}") from None
         if frame != self._frame:
             raise ValueError(f"the snapshot's frames are {frame} samples; this endpointer's {self._frame}")
+        frames_heard = heard.size // frame
+        n, ring = counts["utterance_frames"], counts["ring_frames"]
         if (
-            sum(sizes) != frames.size
-            or any(n <= 0 for n in sizes)
-            or ring.size % frame
-            or ring.size // frame > (self._ring.maxlen or 0)
-            or len(loudness) != len(sizes)
-            or speaking != bool(sizes)
+            heard.ndim != 1
+            or heard.size % frame
+            or min(counts.values()) < 0
+            or max(n, ring) > frames_heard
+            or ring > (self._ring.maxlen or 0)
+            or (n > 0) != speaking
+            or (n > 0 and ring > 0)
+            or len(loudness) != n
             or leftover.size >= frame
-            or min(fields.values()) < 0
         ):
             raise ValueError("the endpointer snapshot is inconsistent")
-        self._frames = np.split(frames, np.cumsum(sizes)[:-1]) if sizes else []
-        self._loudness = loudness
+        self._heard = list(heard.reshape(-1, frame)) if frames_heard else []
+        for f in self._heard:
+            self._vad.is_speech(f)
+        self._frames = self._heard[frames_heard - n :] if n else []
         self._ring.clear()
-        self._ring.extend(ring.reshape(-1, frame))
+        self._ring.extend(self._heard[frames_heard - ring :] if ring else [])
+        self._loudness = loudness
         self._leftover = leftover
         self._speaking = speaking
-        for name, value in fields.items():
-            setattr(self, f"_{name}", value)
-        heard = np.concatenate([ring, frames]) if ring.size else frames
-        whole = heard.size - heard.size % frame
-        start = max(0, whole - warm_up_frames * frame)
-        for at in range(start, whole, frame):
-            self._vad.is_speech(heard[at : at + frame])
+        for name in _COUNTERS[:6]:
+            setattr(self, f"_{name}", counts[name])
 
     def push(self, samples: npt.NDArray[np.int16]) -> list[EndpointEvent]:
         data = np.concatenate([self._leftover, samples]) if self._leftover.size else samples
@@ -177,6 +200,24 @@ class Endpointer:
         return [self._end(forced=False, keep_all=True, end=UtteranceEnd.END_OF_AUDIO)]
 
     def _step(self, frame: npt.NDArray[np.int16]) -> list[EndpointEvent]:
+        events = self._decide(frame)
+        if any(isinstance(e, UtteranceEnded) for e in events) or (
+            not self._speaking and len(self._heard) >= self._renew_frames + self._warm_up_frames
+        ):
+            self._renew()
+        return events
+
+    def _renew(self) -> None:
+        """A fresh VAD (when there is a factory for one) that first hears the last frames: the
+        warm-up, or all of the utterance a forced cut goes on with."""
+        self._heard = self._heard[-max(self._warm_up_frames, len(self._frames)) :]
+        if self._renew_vad is not None:
+            self._vad = self._renew_vad()
+            for f in self._heard:
+                self._vad.is_speech(f)
+
+    def _decide(self, frame: npt.NDArray[np.int16]) -> list[EndpointEvent]:
+        self._heard.append(frame)
         voiced = self._vad.is_speech(frame)
         frame_start = self._position
         self._position += frame.size
@@ -260,11 +301,9 @@ _COUNTERS = (
     "audio_start",
     "last_voiced_end",
     "silence_run",
+    "utterance_frames",
+    "ring_frames",
 )
-
-
-def _joined(frames: list[npt.NDArray[np.int16]]) -> npt.NDArray[np.int16]:
-    return np.concatenate(frames) if frames else np.zeros(0, np.int16)
 
 
 def _energy(frame: npt.NDArray[np.int16]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -216,7 +217,7 @@ async def recognize_clip(
             "send longer audio with StreamingRecognize"
         )
     started = time.perf_counter()
-    endpointer = Endpointer(vad_factory(options.endpointing.vad_aggressiveness), options.endpointing)
+    endpointer = _endpointer(vad_factory, options)
     # Up to max_clip_s of audio through the endpointer: work for a thread, not the event loop.
     utterances = await asyncio.to_thread(_utterances, endpointer, samples)
     # One after another: each utterance is decoded with what was said before it.
@@ -255,6 +256,17 @@ def _check_clip_size(audio: bytes, options: RecognitionOptions, limits: Recognit
                 f"the clip is {duration_s:.0f} s; Recognize takes at most {limits.max_clip_s:.0f} s: "
                 "send longer audio with StreamingRecognize"
             )
+
+
+def _endpointer(vad_factory: VadFactory, options: RecognitionOptions) -> Endpointer:
+    """A clip's or a stream's endpointer, its VAD renewed as the endpointer goes (so that a stream's
+    state can rebuild it)."""
+    aggressiveness = options.endpointing.vad_aggressiveness
+    return Endpointer(
+        vad_factory(aggressiveness),
+        options.endpointing,
+        renew_vad=functools.partial(vad_factory, aggressiveness),
+    )
 
 
 def _utterances(endpointer: Endpointer, samples: npt.NDArray[np.float32]) -> list[UtteranceEnded]:
@@ -305,9 +317,7 @@ class RecognitionStream:
         self._limits = limits
         self._emit = emit
         self._decoder = StreamDecoder(options.audio, limits.max_chunk_ms)
-        self._endpointer = Endpointer(
-            vad_factory(options.endpointing.vad_aggressiveness), options.endpointing
-        )
+        self._endpointer = _endpointer(vad_factory, options)
         # Decoded samples (or _END) with the time their message arrived: a final's latency counts
         # from the arrival of the chunk that ended its utterance, queueing included.
         self._queue: asyncio.Queue[tuple[npt.NDArray[np.int16] | object, float]] = asyncio.Queue(

@@ -100,24 +100,27 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + char if char in "*?[]\\" else char for char in text)
 
 
+def open_client(url: str, timeout_s: float) -> tuple[redis.asyncio.Redis, str]:
+    """A client that fails fast (a timeout per call, no retries), and where it points (for logs)."""
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise ConfigError(f"the Redis timeout must be a positive number of seconds, got {timeout_s!r}")
+    where = describe_url(url)
+    try:
+        client = redis.asyncio.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL for {where}: {exc}") from None
+    return client, where
+
+
 class RedisStore:
     """Short timeouts and no retries: during an outage a call fails in ~timeout_s, not seconds."""
 
     name = "redis"
 
     def __init__(self, url: str, *, timeout_s: float = 0.05, key_prefix: str = "voxwire:") -> None:
-        if not (math.isfinite(timeout_s) and timeout_s > 0):
-            raise ConfigError(f"the Redis timeout must be a positive number of seconds, got {timeout_s!r}")
-        self._where = describe_url(url)
-        try:
-            self._client = redis.asyncio.Redis.from_url(
-                url,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                retry=Retry(NoBackoff(), 0),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL for {self._where}: {exc}") from None
+        self._client, self._where = open_client(url, timeout_s)
         self._values_prefix = f"{key_prefix}v:"
         self._owners_prefix = f"{key_prefix}o:"
         self._set_script = self._client.register_script(_SET_LUA)

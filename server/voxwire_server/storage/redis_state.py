@@ -18,14 +18,10 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from voxwire_server.errors import ConfigError
 from voxwire_server.storage.base import StoreUnavailable
-from voxwire_server.storage.redis import describe_url
+from voxwire_server.storage.redis import open_client
 from voxwire_server.storage.state import SavedState, StateConflict, check_save
 
 __all__ = ["RedisStateStore"]
@@ -55,15 +51,7 @@ class RedisStateStore:
     name = "redis"
 
     def __init__(self, url: str, *, timeout_s: float = 0.05, key_prefix: str = "voxwire:") -> None:
-        if not (math.isfinite(timeout_s) and timeout_s > 0):
-            raise ConfigError(f"the Redis timeout must be a positive number of seconds, got {timeout_s!r}")
-        self._where = describe_url(url)
-        try:
-            self._client = redis.asyncio.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
-            )
-        except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL for {self._where}: {exc}") from None
+        self._client, self._where = open_client(url, timeout_s)
         self._prefix = key_prefix
         self._save_script = self._client.register_script(_SAVE_LUA)
         self._delete_owned_script = self._client.register_script(_DELETE_OWNED_LUA)

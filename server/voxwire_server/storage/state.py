@@ -1,7 +1,7 @@
 """Stream-state stores: live state of resumable streams, advanced by compare-and-set on a sequence.
 
-Live state is not cache: it is never evicted to make room (a full memory store refuses the write,
-and the stream goes on without resumability), and every write names the sequence it replaces, so
+Live state is not cache: it is never evicted to make room (a full memory store refuses the write
+with StoreUnavailable), and every write names the sequence it replaces, so
 two replicas can never both advance one stream: the second write of a sequence fails with
 StateConflict. Sequences start at 1; 0 means "no state stored".
 """
