@@ -43,6 +43,7 @@ proto: $(STAMP) ## Regenerate client/voxwire/v1 from protos/
 bench: $(STAMP) ## Run the benchmarks (loopback only, bounded)
 	$(PY) benchmarks/asr_accuracy.py
 	$(PY) benchmarks/recognize_latency.py
+	$(PY) benchmarks/stream_state.py
 	$(PY) benchmarks/asr_load.py
 	$(PY) benchmarks/batch_scaling.py
 	$(PY) benchmarks/tts_load.py
