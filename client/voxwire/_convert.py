@@ -20,6 +20,7 @@ from voxwire.types import (
     ModelTier,
     RecognitionConfig,
     RecognitionResult,
+    Resumability,
     ServerStats,
     SpeechEvent,
     SpeechEventType,
@@ -44,6 +45,11 @@ MAX_RECEIVE_BYTES = 256 * 1024 * 1024
 DEFAULT_CHANNEL_OPTIONS: dict[str, int | str] = {
     "grpc.max_send_message_length": -1,
     "grpc.max_receive_message_length": MAX_RECEIVE_BYTES,
+    # A stream resumes once the channel has reconnected: after a lost connection, try again soon
+    # (gRPC's own first wait is 1 s).
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 2000,
 }
 
 _ENCODING_TO_PB: dict[AudioEncoding, common_pb2.AudioEncoding.ValueType] = {
@@ -215,7 +221,17 @@ def stream_update_from_pb(pb: recognizer_pb2.StreamingRecognizeResponse) -> Stre
         stream_id=pb.stream_id,
         committed_audio_offset_ms=pb.committed_audio_offset_ms,
         resume_token=pb.resume_token,
+        resume_offset_bytes=pb.resume_offset_bytes,
+        resumability=_RESUMABILITY_FROM_PB.get(pb.resumability, Resumability.UNSPECIFIED),
+        resumed=kind == "resumed",
     )
+
+
+_RESUMABILITY_FROM_PB = {
+    recognizer_pb2.RESUMABILITY_RESUMABLE: Resumability.RESUMABLE,
+    recognizer_pb2.RESUMABILITY_STORE_UNAVAILABLE: Resumability.STORE_UNAVAILABLE,
+    recognizer_pb2.RESUMABILITY_NOT_RESUMABLE: Resumability.NOT_RESUMABLE,
+}
 
 
 def stream_head(

@@ -14,8 +14,9 @@ import grpc.aio
 
 from voxwire import _convert
 from voxwire._convert import AudioInput
+from voxwire._resume import ResumePolicy, StreamResume, resumes_after
 from voxwire.audio import apaced
-from voxwire.errors import _AioStreamStatus, from_rpc_error
+from voxwire.errors import VoxwireError, _AioStreamStatus, from_rpc_error
 from voxwire.types import (
     AudioEncoding,
     CachePolicy,
@@ -174,6 +175,8 @@ class AsyncClient:
         stream_id: str = "",
         resume_token: bytes = b"",
         timeout_s: float | None = None,
+        resume_attempts: int = 5,
+        rollover_s: float | None = None,
     ) -> AsyncGenerator[StreamUpdate, None]:
         """Streams audio to the recognizer and yields its results and speech events as they come.
 
@@ -181,6 +184,12 @@ class AsyncClient:
         server for the last final); the iteration ends when the server closes the stream.
         Stopping early (``break``, ``aclose()``, cancellation) cancels the call; wrap the iterator
         in ``contextlib.aclosing`` to have that happen at once rather than when it is collected.
+
+        A resumable stream survives its server: when the call fails with UNAVAILABLE (a lost
+        connection, a server killed or shutting down), the client reconnects to the same target
+        (behind a load balancer, perhaps another replica), resumes the stream with its latest
+        resume token and sends again the audio the server's stored state does not cover (the
+        client keeps that much). The iteration goes on as one stream: no result is yielded twice.
 
         Args:
             source: a path or bytes (sent in ``chunk_ms`` pieces; WAV is sent as LINEAR16 PCM), or
@@ -191,10 +200,13 @@ class AsyncClient:
             chunk_ms: audio per message for a path or bytes source.
             realtime: send a path or bytes source no faster than real time.
             stream_id: the stream's id; the server assigns one when empty.
-            resume_token: a token from an earlier :class:`StreamUpdate` to resume that stream. Servers
-                without stream resumption (this version) answer a non-empty token with
-                :class:`~voxwire.errors.UnimplementedError`.
-            timeout_s: deadline for the whole stream; None means none.
+            resume_token: resume by hand a stream from a token of its :class:`StreamUpdate`: the
+                first update then has ``resumed`` set, and ``source`` must be the stream's audio
+                from that update's ``resume_offset_bytes`` on (it is read only after it).
+            timeout_s: deadline for the whole stream, resumes included; None means none.
+            resume_attempts: resumes tried in a row before the error is raised (0: never resume).
+            rollover_s: move a resumable stream to a new call after this long on one (for servers
+                that limit how long one call may last); None: never.
 
         Raises:
             ValueError: bad arguments (raised here, before any I/O).
@@ -202,7 +214,8 @@ class AsyncClient:
                 source iterable is re-raised as it is.
         """
         _convert.check_stream_args(source, config, chunk_ms, realtime)
-        return self._stream(source, config, chunk_ms, realtime, stream_id, resume_token, timeout_s)
+        policy = ResumePolicy(attempts=resume_attempts, rollover_s=rollover_s)
+        return self._stream(source, config, chunk_ms, realtime, stream_id, resume_token, timeout_s, policy)
 
     async def _stream(
         self,
@@ -213,6 +226,7 @@ class AsyncClient:
         stream_id: str,
         resume_token: bytes,
         timeout_s: float | None,
+        policy: ResumePolicy,
     ) -> AsyncGenerator[StreamUpdate, None]:
         audio: AsyncGenerator[bytes, None]
         if isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
@@ -222,36 +236,106 @@ class AsyncClient:
             audio = apaced(chunks, interval) if interval is not None else _chunks(chunks)
         else:
             audio = _chunks(source)
-        head = _convert.stream_head(config or RecognitionConfig(), stream_id, resume_token)
-        call = self._recognizer().StreamingRecognize(None, timeout=timeout_s, metadata=self._metadata)
-        status = _AioStreamStatus()
-        call.add_done_callback(status)
-        writer = asyncio.create_task(_write_requests(call, head, audio))
-        responses = aiter(call)
+        config = config or RecognitionConfig()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        resume = StreamResume(resume_token)
+        # One reader of the source for all the calls of the stream: a call that fails never takes
+        # the source down with it.
+        feed: asyncio.Queue[bytes | _SourceEnd] = asyncio.Queue(_FEED_CHUNKS)
+        pump = asyncio.create_task(_pump(audio, feed))
+        calls, attempt = 0, 0
+        error: VoxwireError | None = None
+        rolled_over = False
         try:
             while True:
+                if error is not None and not rolled_over:
+                    await self._reconnected(policy, deadline, error)
+                resuming = bool(resume.token) and (calls > 0 or bool(resume_token))
+                head = _convert.stream_head(config, stream_id, resume.token if resuming else b"")
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                call = self._recognizer().StreamingRecognize(None, timeout=left, metadata=self._metadata)
+                calls += 1
+                status = _AioStreamStatus()
+                call.add_done_callback(status)
+                offset: asyncio.Future[int] | None = loop.create_future() if resuming else None
+                writer = asyncio.create_task(_write_requests(call, head, feed, resume, offset))
+                rolled = _Rollover(call, resume, policy.rollover_s)
+                responses = aiter(call)
+                again = False
                 try:
-                    response = await anext(responses)
-                except StopAsyncIteration:
-                    break
-                except grpc.RpcError as exc:
-                    raise _failure(writer) or await status.error(call, exc) from exc
-                except asyncio.CancelledError:
-                    failure = _failure(writer)
-                    task = asyncio.current_task()
-                    if failure is not None and task is not None and not task.cancelling():
-                        raise failure from None
-                    raise
-                yield _convert.stream_update_from_pb(response)
-            # The server ended the stream; a writer still waiting on the source is cancelled below.
-            failure = _failure(writer)
-            if failure is not None:
-                raise failure
+                    while True:
+                        try:
+                            response = await anext(responses)
+                        except StopAsyncIteration:
+                            break
+                        except grpc.RpcError as exc:
+                            failure = _failure(writer)
+                            if failure is not None:
+                                raise failure from exc
+                            error = await status.error(call, exc)
+                            if not (resumes_after(error) and resume.resumable and attempt < policy.attempts):
+                                raise error from exc
+                            attempt += 1
+                            again = True
+                            break
+                        except asyncio.CancelledError:
+                            failure = _failure(writer)
+                            task = asyncio.current_task()
+                            if task is not None and task.cancelling():
+                                raise
+                            if failure is not None:
+                                raise failure from None
+                            if not rolled.fired:
+                                raise
+                            again = True
+                            break
+                        update = _convert.stream_update_from_pb(response)
+                        if update.resumed:
+                            attempt = 0
+                            if calls == 1:
+                                # Resumed by hand: the caller's source starts where the state ends.
+                                resume.start_at(update.resume_offset_bytes)
+                            if offset is not None and not offset.done():
+                                offset.set_result(update.resume_offset_bytes)
+                            resume.observe(update)
+                            if calls == 1:
+                                yield update
+                            continue
+                        if resume.observe(update):
+                            yield update
+                    if not again:
+                        # The server ended the stream; a writer still waiting on the source is
+                        # cancelled below.
+                        failure = _failure(writer)
+                        if failure is not None:
+                            raise failure
+                        return
+                finally:
+                    rolled.cancel()
+                    call.cancel()
+                    writer.cancel()
+                    await asyncio.wait([writer])
+                    _failure(writer)  # retrieved, so asyncio does not log it as never retrieved
+                rolled_over = rolled.fired
+                if not rolled_over:
+                    await asyncio.sleep(policy.delay_s(attempt))
         finally:
-            call.cancel()
-            writer.cancel()
-            await asyncio.wait([writer])
-            _failure(writer)  # retrieved, so asyncio does not log it as never retrieved
+            pump.cancel()
+            await asyncio.wait([pump])
+
+    async def _reconnected(self, policy: ResumePolicy, deadline: float | None, error: VoxwireError) -> None:
+        """Waits for the channel to connect again before a resume; raises ``error`` when it does not
+        within connect_timeout_s (or the stream's deadline)."""
+        wait_s = policy.connect_timeout_s
+        if deadline is not None:
+            wait_s = min(wait_s, deadline - asyncio.get_running_loop().time())
+        try:
+            if wait_s <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(self._open().channel.channel_ready(), wait_s)
+        except TimeoutError:
+            raise error from None
 
     async def synthesize(
         self,
@@ -477,23 +561,77 @@ class AsyncClient:
         return _convert.health_status_name(health_pb2, response.status)
 
 
+class _SourceEnd:
+    """The end of the source (or its failure, re-raised by the call's writer)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+# Chunks read ahead of the calls: enough that a reconnect does not stall a real-time source.
+_FEED_CHUNKS = 64
+
+
+async def _pump(audio: AsyncGenerator[bytes, None], feed: asyncio.Queue[bytes | _SourceEnd]) -> None:
+    try:
+        async with contextlib.aclosing(audio):
+            async for chunk in audio:
+                if chunk:
+                    await feed.put(chunk)
+    except Exception as exc:
+        await feed.put(_SourceEnd(exc))
+        return
+    await feed.put(_SourceEnd())
+
+
+class _Rollover:
+    """Cancels a resumable stream's call after rollover_s, for the stream to go on in a new one."""
+
+    def __init__(self, call: _StreamCall, resume: StreamResume, after_s: float | None) -> None:
+        self.fired = False
+        self._call, self._resume = call, resume
+        self._handle = None if after_s is None else asyncio.get_running_loop().call_later(after_s, self._fire)
+
+    def _fire(self) -> None:
+        if self._resume.resumable and not self._resume.source_done and not self._call.done():
+            self.fired = True
+            self._call.cancel()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+
 async def _write_requests(
     call: _StreamCall,
     head: recognizer_pb2.StreamingRecognizeRequest,
-    audio: AsyncGenerator[bytes, None],
+    feed: asyncio.Queue[bytes | _SourceEnd],
+    resume: StreamResume,
+    offset: asyncio.Future[int] | None,
 ) -> None:
     # A failing source cancels the call (the server sees an abandoned stream) and fails this task,
-    # which the reader re-raises; once the server has ended the call, writing simply stops.
+    # which the reader re-raises; once the server has ended the call, writing simply stops. A
+    # resumed call first waits for the server to say where its state ends and sends the audio kept
+    # from there.
     try:
-        async with contextlib.aclosing(audio):
-            await call.write(head)
-            async for chunk in audio:
-                if call.done():
-                    return
-                if chunk:
-                    await call.write(_convert.audio_message(chunk))
-            await call.write(_convert.END_OF_AUDIO)
-            await call.done_writing()
+        await call.write(head)
+        if offset is not None:
+            for chunk in resume.replay(await offset):
+                await call.write(_convert.audio_message(chunk))
+        while not resume.source_done:
+            item = await feed.get()
+            if isinstance(item, _SourceEnd):
+                resume.source_done = True
+                if item.error is not None:
+                    raise item.error
+                break
+            # Kept before it is sent: a call that fails meanwhile leaves it to the next one.
+            resume.record(item)
+            if call.done():
+                return
+            await call.write(_convert.audio_message(item))
+        await call.write(_convert.END_OF_AUDIO)
+        await call.done_writing()
     except Exception:
         if call.done():
             return

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+import queue
+import threading
+import time
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, Self, cast
 
@@ -11,8 +14,9 @@ import grpc
 
 from voxwire import _convert
 from voxwire._convert import AudioInput
+from voxwire._resume import ResumePolicy, StreamResume, resumes_after
 from voxwire.audio import paced
-from voxwire.errors import from_rpc_error
+from voxwire.errors import VoxwireError, from_rpc_error
 from voxwire.types import (
     AudioEncoding,
     CachePolicy,
@@ -149,6 +153,8 @@ class Client:
         stream_id: str = "",
         resume_token: bytes = b"",
         timeout_s: float | None = None,
+        resume_attempts: int = 5,
+        rollover_s: float | None = None,
     ) -> Generator[StreamUpdate, None, None]:
         """Streams audio to the recognizer and yields its results and speech events as they come.
 
@@ -157,18 +163,27 @@ class Client:
         call starts when iteration starts. Stopping early (``break``, ``close()``) cancels the
         call; wrap the iterator in ``contextlib.closing`` to have that happen at once.
 
+        A resumable stream survives its server: when the call fails with UNAVAILABLE (a lost
+        connection, a server killed or shutting down), the client reconnects to the same target
+        (behind a load balancer, perhaps another replica), resumes the stream with its latest
+        resume token and sends again the audio the server's stored state does not cover (the
+        client keeps that much). The iteration goes on as one stream: no result is yielded twice.
+
         Args:
             source: a path or bytes (sent in ``chunk_ms`` pieces; WAV is sent as LINEAR16 PCM), or
-                an iterable of encoded chunks (``config.encoding`` required), which gRPC consumes
-                on its own thread, so it may block (e.g. a microphone).
+                an iterable of encoded chunks (``config.encoding`` required), which is read on a
+                thread of its own, so it may block (e.g. a microphone).
             config: recognition options, e.g. ``interim_results=True``.
             chunk_ms: audio per message for a path or bytes source.
             realtime: send a path or bytes source no faster than real time.
             stream_id: the stream's id; the server assigns one when empty.
-            resume_token: a token from an earlier :class:`StreamUpdate` to resume that stream. Servers
-                without stream resumption (this version) answer a non-empty token with
-                :class:`~voxwire.errors.UnimplementedError`.
-            timeout_s: deadline for the whole stream; None means none.
+            resume_token: resume by hand a stream from a token of its :class:`StreamUpdate`: the
+                first update then has ``resumed`` set, and ``source`` must be the stream's audio
+                from that update's ``resume_offset_bytes`` on (it is read only after it).
+            timeout_s: deadline for the whole stream, resumes included; None means none.
+            resume_attempts: resumes tried in a row before the error is raised (0: never resume).
+            rollover_s: move a resumable stream to a new call after this long on one (for servers
+                that limit how long one call may last); None: never.
 
         Raises:
             ValueError, OSError: bad arguments or an unreadable file (raised here).
@@ -177,34 +192,94 @@ class Client:
         """
         self._check_open()
         _convert.check_stream_args(source, config, chunk_ms, realtime)
+        policy = ResumePolicy(attempts=resume_attempts, rollover_s=rollover_s)
         audio: Iterable[bytes]
         if isinstance(source, str | os.PathLike | bytes | bytearray | memoryview):
             config, chunks, interval = _convert.plan_whole_audio(source, config, chunk_ms, realtime)
             audio = paced(chunks, interval) if interval is not None else chunks
         else:
             audio = source
-        head = _convert.stream_head(config or RecognitionConfig(), stream_id, resume_token)
-        return self._stream(head, audio, timeout_s)
+        return self._stream(config or RecognitionConfig(), stream_id, resume_token, audio, timeout_s, policy)
 
     def _stream(
-        self, head: recognizer_pb2.StreamingRecognizeRequest, audio: Iterable[bytes], timeout_s: float | None
+        self,
+        config: RecognitionConfig,
+        stream_id: str,
+        resume_token: bytes,
+        audio: Iterable[bytes],
+        timeout_s: float | None,
+        policy: ResumePolicy,
     ) -> Generator[StreamUpdate, None, None]:
-        failures: list[Exception] = []
-        calls: list[_Cancellable] = []
-        requests = _requests(head, audio, failures, lambda: calls and calls[0].cancel())
-        call = self._recognizer.StreamingRecognize(requests, timeout=timeout_s, metadata=self._metadata)
-        calls.append(cast(_Cancellable, call))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        resume = StreamResume(resume_token)
+        feed = _Feed(audio, resume)
+        calls, attempt = 0, 0
+        error: VoxwireError | None = None
+        rolled_over = False
         try:
-            for response in call:
-                yield _convert.stream_update_from_pb(response)
-        except grpc.RpcError as exc:
-            if failures:
-                raise failures[0] from None
-            raise from_rpc_error(exc) from exc
+            while True:
+                if error is not None and not rolled_over:
+                    self._reconnected(policy, deadline, error)
+                resuming = bool(resume.token) and (calls > 0 or bool(resume_token))
+                head = _convert.stream_head(config, stream_id, resume.token if resuming else b"")
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                control = _CallControl(resume, feed, resuming)
+                requests = _requests(head, feed, resume, control)
+                call = self._recognizer.StreamingRecognize(requests, timeout=left, metadata=self._metadata)
+                calls += 1
+                control.attach(cast(_Cancellable, call), policy.rollover_s)
+                again = False
+                try:
+                    for response in call:
+                        update = _convert.stream_update_from_pb(response)
+                        if update.resumed:
+                            attempt = 0
+                            if calls == 1:
+                                # Resumed by hand: the caller's source starts where the state ends.
+                                resume.start_at(update.resume_offset_bytes)
+                            control.resumed_at(update.resume_offset_bytes)
+                            resume.observe(update)
+                            if calls == 1:
+                                yield update
+                            continue
+                        if resume.observe(update):
+                            yield update
+                except grpc.RpcError as exc:
+                    if control.failures:
+                        raise control.failures[0] from None
+                    if not control.rolled:
+                        error = from_rpc_error(exc)
+                        if not (resumes_after(error) and resume.resumable and attempt < policy.attempts):
+                            raise error from exc
+                        attempt += 1
+                    again = True
+                finally:
+                    control.finish()
+                if not again:
+                    if control.failures:
+                        raise control.failures[0]
+                    return
+                rolled_over = control.rolled
+                if not rolled_over:
+                    time.sleep(policy.delay_s(attempt))
         finally:
-            cast(_Cancellable, call).cancel()
-        if failures:
-            raise failures[0]
+            feed.close()
+
+    def _reconnected(self, policy: ResumePolicy, deadline: float | None, error: VoxwireError) -> None:
+        """Waits for the channel to connect again before a resume; raises ``error`` when it does not
+        within connect_timeout_s (or the stream's deadline)."""
+        wait_s = policy.connect_timeout_s
+        if deadline is not None:
+            wait_s = min(wait_s, deadline - time.monotonic())
+        if wait_s <= 0:
+            raise error
+        ready = grpc.channel_ready_future(self._channel)
+        try:
+            ready.result(timeout=wait_s)
+        except grpc.FutureTimeoutError:
+            raise error from None
+        finally:
+            ready.cancel()
 
     def synthesize(
         self,
@@ -431,22 +506,154 @@ class Client:
         return _convert.health_status_name(health_pb2, response.status)
 
 
+class _SourceEnd:
+    """The end of the source (or its failure, re-raised on the caller's thread)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+
+# Chunks read ahead of the calls: enough that a reconnect does not stall a real-time source.
+_FEED_CHUNKS = 64
+_POLL_S = 0.05
+
+
+class _Feed:
+    """Reads the source on a thread of its own, for all the calls of one stream: a call that ends
+    while the source blocks (a microphone) leaves the chunk to the next call."""
+
+    def __init__(self, audio: Iterable[bytes], resume: StreamResume) -> None:
+        self._audio = audio
+        self._resume = resume
+        self._queue: queue.Queue[bytes | _SourceEnd] = queue.Queue(_FEED_CHUNKS)
+        self.lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def get(self, stop: threading.Event) -> bytes | _SourceEnd | None:
+        """The next chunk (recorded for resumes), or None once ``stop`` is set. A call's request
+        thread may outlive its call: ``stop`` is set under ``lock``, so what it takes is recorded
+        before the next call replays, and nothing after."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._pump, name="voxwire-stream-source", daemon=True)
+            self._thread.start()
+        while True:
+            # One taker at a time, the wait included: chunks keep their order across calls.
+            with self.lock:
+                if stop.is_set():
+                    return None
+                try:
+                    return self._taken(self._queue.get(timeout=_POLL_S))
+                except queue.Empty:
+                    continue
+
+    def _taken(self, item: bytes | _SourceEnd) -> bytes | _SourceEnd:
+        if isinstance(item, bytes):
+            # Kept before it is sent: a call that fails meanwhile leaves it to the next one.
+            self._resume.record(item)
+        return item
+
+    def _pump(self) -> None:
+        try:
+            for chunk in self._audio:
+                if chunk and not self._put(chunk):
+                    return
+        except Exception as exc:
+            self._put(_SourceEnd(exc))
+            return
+        self._put(_SourceEnd())
+
+    def _put(self, item: bytes | _SourceEnd) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class _CallControl:
+    """One call of a stream: where its resume starts, its rollover, its source failure."""
+
+    def __init__(self, resume: StreamResume, feed: _Feed, resuming: bool) -> None:
+        self.resume = resume
+        self._feed = feed
+        self.resuming = resuming
+        self.failures: list[Exception] = []
+        self.rolled = False
+        self.stop = threading.Event()
+        self._offset: int | None = None
+        self._offset_ready = threading.Event()
+        self._call: _Cancellable | None = None
+        self._timer: threading.Timer | None = None
+
+    def attach(self, call: _Cancellable, rollover_s: float | None) -> None:
+        self._call = call
+        if rollover_s is not None:
+            self._timer = threading.Timer(rollover_s, self._roll)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _roll(self) -> None:
+        if self.resume.resumable and not self.resume.source_done and self._call is not None:
+            self.rolled = True
+            self._call.cancel()
+
+    def resumed_at(self, offset: int) -> None:
+        self._offset = offset
+        self._offset_ready.set()
+
+    def wait_offset(self) -> int | None:
+        while not self.stop.is_set():
+            if self._offset_ready.wait(_POLL_S):
+                return self._offset
+        return None
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+    def finish(self) -> None:
+        with self._feed.lock:
+            self.stop.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.cancel()
+
+
 def _requests(
-    head: recognizer_pb2.StreamingRecognizeRequest,
-    audio: Iterable[bytes],
-    failures: list[Exception],
-    cancel: Callable[[], object],
+    head: recognizer_pb2.StreamingRecognizeRequest, feed: _Feed, resume: StreamResume, control: _CallControl
 ) -> Iterator[recognizer_pb2.StreamingRecognizeRequest]:
     # Runs on a gRPC thread. A failing source is recorded for the caller's thread to re-raise and
     # the call is cancelled; ending without end_of_audio abandons the stream should cancel come
-    # too early.
+    # too early. A resumed call first waits for the server to say where its state ends.
     yield head
-    try:
-        for chunk in audio:
-            if chunk:
-                yield _convert.audio_message(chunk)
-    except Exception as exc:
-        failures.append(exc)
-        cancel()
-        return
+    if control.resuming:
+        offset = control.wait_offset()
+        if offset is None:
+            return
+        try:
+            replay = resume.replay(offset)
+        except Exception as exc:
+            control.failures.append(exc)
+            control.cancel()
+            return
+        for chunk in replay:
+            yield _convert.audio_message(chunk)
+    while not resume.source_done:
+        item = feed.get(control.stop)
+        if item is None:
+            return
+        if isinstance(item, _SourceEnd):
+            resume.source_done = True
+            if item.error is not None:
+                control.failures.append(item.error)
+                control.cancel()
+                return
+            break
+        yield _convert.audio_message(item)
     yield _convert.END_OF_AUDIO

@@ -19,6 +19,7 @@ __all__ = [
     "ModelTier",
     "RecognitionConfig",
     "RecognitionResult",
+    "Resumability",
     "ServerStats",
     "SpeechEvent",
     "SpeechEventType",
@@ -226,9 +227,22 @@ class SpeechEvent:
     utterance_index: int
 
 
+class Resumability(enum.StrEnum):
+    """Whether the server can resume a stream from its :attr:`StreamUpdate.resume_token`."""
+
+    UNSPECIFIED = "unspecified"
+    """A server that does not say (one without stream state)."""
+    RESUMABLE = "resumable"
+    STORE_UNAVAILABLE = "store_unavailable"
+    """The server's state store failed: the stream goes on, not resumable until a write succeeds."""
+    NOT_RESUMABLE = "not_resumable"
+    """Compressed audio (FLAC, OGG_OPUS), or a server that keeps no stream state."""
+
+
 @dataclass(frozen=True, slots=True)
 class StreamUpdate:
-    """One message of a recognition stream: a result or a speech event (exactly one is set)."""
+    """One message of a recognition stream: a result or a speech event (exactly one is set), or, when
+    a stream was resumed by hand with ``resume_token``, the notice ``resumed``."""
 
     result: RecognitionResult | None
     speech_event: SpeechEvent | None
@@ -236,8 +250,14 @@ class StreamUpdate:
     committed_audio_offset_ms: int
     """Audio before this offset is fully transcribed (covered by finals)."""
     resume_token: bytes = b""
-    """Opaque token to resume the stream after a disconnect; always empty until the server can resume
-    streams."""
+    """Opaque token to resume the stream after a disconnect (the client library does so itself; keep
+    the latest one to resume by hand). Empty when the stream cannot be resumed."""
+    resume_offset_bytes: int = 0
+    """Bytes of the audio sent (after the config) that the server's latest stored state covers: a
+    resume sends the audio again from here."""
+    resumability: Resumability = Resumability.UNSPECIFIED
+    resumed: bool = False
+    """The first update of a stream resumed by hand: send its audio from ``resume_offset_bytes``."""
 
 
 @dataclass(frozen=True, slots=True)

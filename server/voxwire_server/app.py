@@ -20,9 +20,10 @@ from voxwire_server.engines.whisper import WhisperRecognizer, tune_allocator
 from voxwire_server.metrics import Telemetry
 from voxwire_server.sessions.admission import AdmissionConfig, CallLimits
 from voxwire_server.sessions.recognition import RecognitionLimits
+from voxwire_server.sessions.resumption import StateSettings, StreamStates
 from voxwire_server.sessions.runtime import Runtime
 from voxwire_server.sessions.synthesis import SynthesisLimits
-from voxwire_server.storage import StoreUnavailable, open_store
+from voxwire_server.storage import StoreUnavailable, open_state_store, open_store
 from voxwire_server.transport.server import GrpcServer, build_server
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,27 @@ def build_cache(config: ServerConfig, telemetry: Telemetry) -> SynthesisCache | 
         key_secret=config.cache_key_secret.encode() or None,
         value_key=value_key,  # None: derived from the key secret
         retired_value_keys=config.cache_value_old_keys,
+    )
+
+
+def build_stream_states(config: ServerConfig, telemetry: Telemetry) -> StreamStates | None:
+    if config.state == "off":
+        return None
+    store = open_state_store(
+        config.state, max_bytes=config.state_memory_mb * 1024 * 1024, timeout_s=config.state_timeout_ms / 1000
+    )
+
+    def on_write(outcome: str, size_bytes: int) -> None:
+        telemetry.state_writes.labels(outcome).inc()
+        if size_bytes:
+            telemetry.state_bytes.observe(size_bytes)
+
+    return StreamStates(
+        store,
+        # Tokens of a process-local store die with it, and so may its secret.
+        config.resume_secret.encode() or secrets.token_bytes(32),
+        StateSettings(ttl_s=config.state_ttl_s, interval_s=config.state_write_interval_ms / 1000),
+        on_write=on_write,
     )
 
 
@@ -106,6 +128,7 @@ def build_runtime(config: ServerConfig) -> Runtime:
         vad_factory=functools.partial(WebRtcVad, frame_ms=config.vad_frame_ms),
         telemetry=telemetry,
         synthesis_cache=build_cache(config, telemetry),
+        stream_states=build_stream_states(config, telemetry),
     )
 
 
@@ -259,6 +282,8 @@ class App:
             self._engines = None
         if self.runtime.synthesis_cache is not None:
             await self.runtime.synthesis_cache.store.aclose()
+        if self.runtime.stream_states is not None:
+            await self.runtime.stream_states.store.aclose()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None

@@ -132,6 +132,33 @@ class ServerConfig:
         "never encrypt (key rotation)",
         secret=True,
     )
+    state: str = _opt(
+        "memory",
+        "where the state of resumable streams lives: memory (in process: survives a dropped connection), "
+        "redis://HOST:PORT/DB (shared by replicas: survives a replica too; a Redis that never evicts), or "
+        "off (streams cannot be resumed)",
+    )
+    state_ttl_s: float = _opt(
+        300.0, "a stream's state (and resume token) lives this long after its last write"
+    )
+    state_write_interval_ms: float = _opt(
+        500.0,
+        "between finals, a stream writes its state at most this often (0 = after every chunk); before a "
+        "final is sent it is always written. A resume sends again the audio after the last write",
+    )
+    state_memory_mb: int = _opt(
+        256, "size of the in-process stream-state store (full: streams not resumable)"
+    )
+    state_timeout_ms: float = _opt(
+        50.0,
+        "per-call timeout of a Redis state store; a slower write leaves the stream not resumable for now",
+    )
+    resume_secret: str = _opt(
+        "",
+        "secret (16+ characters) that signs resume tokens: the same on every replica ('' = random per "
+        "process, allowed only with --state memory)",
+        secret=True,
+    )
     tts_cache_ttl_s: float = _opt(900.0, "lifetime of personal (per-user) synthesis cache entries")
     tts_stitch_context_words: int = _opt(
         3, "words of a cached template prefix synthesized again before the entities (prosody context)"
@@ -373,6 +400,7 @@ class ServerConfig:
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        self._validate_state()
         if self.max_message_mb < 0:
             raise ConfigError("max_message_mb must not be negative (0 sizes it from max_clip_s)")
         if self.max_request_bytes > _GRPC_LIMIT_MAX_BYTES:
@@ -402,6 +430,22 @@ class ServerConfig:
             raise ConfigError("drain_notice_s must not be negative")
         self._validate_admission()
         return self
+
+    def _validate_state(self) -> None:
+        if self.state != "off" and self.state != "memory" and "://" not in self.state:
+            raise ConfigError(f"state must be memory, off or a redis:// URL, got {self.state!r}")
+        for name in ("state_ttl_s", "state_memory_mb", "state_timeout_ms"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.state_write_interval_ms <= 60_000:
+            raise ConfigError(f"state_write_interval_ms must be 0..60000, got {self.state_write_interval_ms}")
+        if self.resume_secret and len(self.resume_secret.encode()) < 16:
+            raise ConfigError("resume_secret must be at least 16 characters (or empty with --state memory)")
+        if "://" in self.state and not self.resume_secret:
+            raise ConfigError(
+                "a shared state store (--state redis://...) needs --resume-secret (VOXWIRE_RESUME_SECRET), "
+                "the same on every replica, so that each accepts the others' resume tokens"
+            )
 
     def _validate_admission(self) -> None:
         if not self.admission_max_delay_s > 0:

@@ -42,6 +42,16 @@ class AudioFormat:
 
 
 @dataclass(frozen=True, slots=True)
+class PcmFormat:
+    """The PCM a stream's audio is before resampling (for WAV, what its header said)."""
+
+    sample_rate_hz: int
+    channels: int
+    bits: int = 16
+    floating: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Endpointing:
     silence_ms: int = 600
     max_utterance_s: float = 15.0
@@ -124,10 +134,37 @@ class SpeechEvent:
 
 @dataclass(frozen=True, slots=True)
 class StreamUpdate:
-    """What a recognition stream sends: a result or a speech event, and how far it has committed."""
+    """What a recognition stream sends: a result, a speech event or the notice that it resumed, how far
+    it has committed, and how it can be resumed."""
 
-    payload: Result | SpeechEvent
+    payload: Result | SpeechEvent | Resumed
     committed_offset_ms: int
+    resume: ResumeInfo | None = None
+
+
+class Resumability(enum.Enum):
+    # The stream's state is stored: resume_token resumes it.
+    RESUMABLE = "resumable"
+    # The state store failed: the stream goes on, but cannot be resumed until a write succeeds again.
+    STORE_UNAVAILABLE = "store_unavailable"
+    # This stream cannot be resumed: compressed audio, or the server keeps no stream state.
+    NOT_RESUMABLE = "not_resumable"
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeInfo:
+    status: Resumability
+    # The token of the latest stored state, and the bytes of the client's audio (as sent, after the
+    # config) that state covers: a client resuming with it sends its audio again from that offset.
+    token: bytes = b""
+    offset_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """The first message of a resumed stream: send the audio again from the update's offset_bytes."""
+
+    finals_resent: int
 
 
 # Inputs of a recognition stream, after the first (config) message.

@@ -155,6 +155,25 @@ class Telemetry:
             ["limit"],
             registry=r,
         )
+        self.state_writes = Counter(
+            "voxwire_stream_state_writes",
+            "stream-state writes by outcome: ok, unavailable (the store failed: the stream goes on, not "
+            "resumable), conflict (resumed elsewhere)",
+            ["outcome"],
+            registry=r,
+        )
+        self.state_bytes = Histogram(
+            "voxwire_stream_state_bytes",
+            "size of a written stream state",
+            buckets=(1e3, 4e3, 16e3, 32e3, 64e3, 100e3, 200e3, 400e3, 1e6, 4e6),
+            registry=r,
+        )
+        self.stream_resumes = Counter(
+            "voxwire_stream_resumes",
+            "StreamingRecognize calls with a resume token, by outcome (resumed, or the status refusing it)",
+            ["outcome"],
+            registry=r,
+        )
 
     @property
     def uptime_s(self) -> float:

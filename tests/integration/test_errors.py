@@ -79,14 +79,15 @@ def test_oversized_chunk(stub: recognizer_pb2_grpc.RecognizerStub) -> None:
     assert "2000 ms is over the 1000 ms limit" in (err.details() or "")
 
 
-def test_resume_token_is_unimplemented(stub: recognizer_pb2_grpc.RecognizerStub) -> None:
+@pytest.mark.parametrize("token", [b"token", b"\x01" * 60, b"x" * 4096])
+def test_a_forged_resume_token_is_refused(stub: recognizer_pb2_grpc.RecognizerStub, token: bytes) -> None:
     cfg = recognizer_pb2.RecognitionConfig(encoding=common_pb2.LINEAR16, sample_rate_hz=16000)
     first = recognizer_pb2.StreamingRecognizeRequest(
-        config=recognizer_pb2.StreamingRecognitionConfig(config=cfg, resume_token=b"token")
+        config=recognizer_pb2.StreamingRecognitionConfig(config=cfg, resume_token=token)
     )
     err = raw_stream(stub, first, END)
-    assert err.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "stream resumption" in (err.details() or "")
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "resume" in (err.details() or "")
 
 
 @pytest.mark.parametrize(

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from tests.unit.test_endpointing import EnergyVad, pattern
 from voxwire_server.domain import (
+    Alternative,
     AudioFormat,
     CachePolicy,
     DecodeOptions,
     Encoding,
     Endpointing,
+    PcmFormat,
     RecognitionOptions,
     RequestContext,
+    Result,
     Tier,
+    UtteranceEnd,
+    Word,
 )
 from voxwire_server.sessions.agreement import LocalAgreement
 from voxwire_server.sessions.endpointing import Endpointer
-from voxwire_server.sessions.stream_state import StreamState, StreamStateError
+from voxwire_server.sessions.stream_state import KeptFinal, StreamState, StreamStateError
 from voxwire_server.storage.codec import pack, unpack
 
 OPTIONS = RecognitionOptions(
@@ -36,18 +43,38 @@ def _state() -> StreamState:
     endpointer.push(pattern(("silence", 0.4), ("speech", 1.2))[:-100])
     agreement = LocalAgreement()
     agreement.restore({"committed": ["turn"], "previous": ["turn", "the", "lights"], "sure": [True] * 3})
+    final = Result(
+        alternatives=(
+            Alternative(
+                "Turn on the lights.", 0.91, (Word(" Turn", 0.1, 0.3, 0.95), Word(" on", 0.3, 0.4, 0.9))
+            ),
+            Alternative("Turn on the light.", 0.52),
+        ),
+        is_final=True,
+        utterance_index=3,
+        start_ms=1200,
+        end_ms=2750,
+        tier=Tier.ACCURATE,
+        processing_latency_ms=81.5,
+        end=UtteranceEnd.SILENCE,
+    )
     return StreamState(
+        key="0123456789abcdef",
         stream_id="stream-1",
         sequence=9,
         model="tiny.en",
         options=OPTIONS,
         endpointer=endpointer.snapshot(),
         received_samples=endpointer.position + 17,
+        received_bytes=96_034,
+        pcm=PcmFormat(48000, 2, 24, False),
         committed_ms=250,
         previous_text="hello there",
         previous_end=4000,
         agreement=agreement.snapshot(),
         last_partial_at=20_000,
+        finals=(KeptFinal(8, final), KeptFinal(9, replace(final, utterance_index=4, end=None))),
+        resend_from=7,
     )
 
 
@@ -56,8 +83,20 @@ def test_a_state_reads_back_as_it_was_written() -> None:
     back = StreamState.from_bytes(state.to_bytes())
     assert back.options == OPTIONS
     assert (back.tenant_id, back.user_id) == ("acme", "alice")
-    for name in ("stream_id", "sequence", "model", "received_samples", "committed_ms", "previous_text"):
-        assert getattr(back, name) == getattr(state, name)
+    for name in (
+        "key",
+        "stream_id",
+        "sequence",
+        "model",
+        "received_samples",
+        "received_bytes",
+        "pcm",
+        "committed_ms",
+        "previous_text",
+        "finals",
+        "resend_from",
+    ):
+        assert getattr(back, name) == getattr(state, name), name
     assert back.agreement == state.agreement
     assert back.endpointer.keys() == state.endpointer.keys()
     for key, value in state.endpointer.items():
@@ -69,8 +108,8 @@ def test_a_state_reads_back_as_it_was_written() -> None:
 
 def test_a_state_of_another_version_or_shape_is_refused() -> None:
     raw = unpack(_state().to_bytes())
-    with pytest.raises(StreamStateError, match="version 2"):
-        StreamState.from_bytes(pack({**raw, "v": 2}))
+    with pytest.raises(StreamStateError, match="version 1"):
+        StreamState.from_bytes(pack({**raw, "v": 1}))
     with pytest.raises(StreamStateError, match="malformed"):
         StreamState.from_bytes(pack({**raw, "sequence": "9"}))
     with pytest.raises(StreamStateError, match="malformed"):
@@ -79,6 +118,12 @@ def test_a_state_of_another_version_or_shape_is_refused() -> None:
         StreamState.from_bytes(pack({**raw, "options": {**raw["options"], "decode": ["medium"]}}))
     with pytest.raises(StreamStateError, match="negative"):
         StreamState.from_bytes(pack({**raw, "received_samples": -1}))
+    with pytest.raises(StreamStateError, match="negative"):
+        StreamState.from_bytes(pack({**raw, "received_bytes": -2}))
+    with pytest.raises(StreamStateError, match="malformed"):
+        StreamState.from_bytes(pack({**raw, "finals": [[9, ["not", "a", "result"]]]}))
+    with pytest.raises(StreamStateError, match="malformed"):
+        StreamState.from_bytes(pack({**raw, "pcm": [16000]}))
     with pytest.raises(StreamStateError, match="unreadable"):
         StreamState.from_bytes(b"pickle?")
     with pytest.raises(StreamStateError, match="not a map"):
@@ -86,5 +131,5 @@ def test_a_state_of_another_version_or_shape_is_refused() -> None:
 
 
 def test_the_audio_is_most_of_a_state_and_is_held_once() -> None:
-    # 1.6 s of audio heard (0.4 s of it before speech): 51 KB of int16, plus ~1 KB of the rest.
-    assert len(_state().to_bytes()) < 2 * int(1.6 * 16000) + 2_000
+    # 1.6 s of audio heard (0.4 s of it before speech): 51 KB of int16, plus ~1.5 KB of the rest.
+    assert len(_state().to_bytes()) < 2 * int(1.6 * 16000) + 2_500

@@ -107,6 +107,34 @@ UTTERANCE_END_SHUTDOWN: UtteranceEnd.ValueType  # 5
 """The server is shutting down: what was heard is finalized, then UNAVAILABLE (reconnect elsewhere)."""
 Global___UtteranceEnd: _TypeAlias = UtteranceEnd  # noqa: Y015
 
+class _Resumability:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResumabilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Resumability.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESUMABILITY_UNSPECIFIED: _Resumability.ValueType  # 0
+    """A server that does not say (no stream state)."""
+    RESUMABILITY_RESUMABLE: _Resumability.ValueType  # 1
+    """The stream's state is stored: resume_token resumes it."""
+    RESUMABILITY_STORE_UNAVAILABLE: _Resumability.ValueType  # 2
+    """The state store failed: the stream goes on, but cannot be resumed until a write succeeds again."""
+    RESUMABILITY_NOT_RESUMABLE: _Resumability.ValueType  # 3
+    """This stream cannot be resumed: compressed audio (FLAC, OGG_OPUS), or the server keeps no state."""
+
+class Resumability(_Resumability, metaclass=_ResumabilityEnumTypeWrapper):
+    """Whether a stream can be resumed with the resume_token of its responses."""
+
+RESUMABILITY_UNSPECIFIED: Resumability.ValueType  # 0
+"""A server that does not say (no stream state)."""
+RESUMABILITY_RESUMABLE: Resumability.ValueType  # 1
+"""The stream's state is stored: resume_token resumes it."""
+RESUMABILITY_STORE_UNAVAILABLE: Resumability.ValueType  # 2
+"""The state store failed: the stream goes on, but cannot be resumed until a write succeeds again."""
+RESUMABILITY_NOT_RESUMABLE: Resumability.ValueType  # 3
+"""This stream cannot be resumed: compressed audio (FLAC, OGG_OPUS), or the server keeps no state."""
+Global___Resumability: _TypeAlias = Resumability  # noqa: Y015
+
 @_typing.final
 class EndpointingConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -284,8 +312,12 @@ class StreamingRecognitionConfig(_message.Message):
     stream_id: _builtins.str
     """Client-chosen id of the stream; the server assigns one when empty."""
     resume_token: _builtins.bytes
-    """Resume a stream from a token the server sent earlier. UNIMPLEMENTED (a non-empty token is
-    refused) until stream resumption exists.
+    """Resume a stream from the latest resume_token the server sent for it (on this replica or another
+    sharing its state store and secret). The stream goes on with its stored config (config may be
+    sent again; it is not used) and its stored stream_id; the first response is `resumed`, with
+    resume_offset_bytes saying from which byte of the audio (as sent, after the config) to send it
+    again. A forged or damaged token is INVALID_ARGUMENT, another tenant's PERMISSION_DENIED, an
+    expired one or one whose state is gone NOT_FOUND; a server without stream state UNIMPLEMENTED.
     """
     @_builtins.property
     def config(self) -> Global___RecognitionConfig: ...
@@ -507,39 +539,74 @@ class SpeechEvent(_message.Message):
 Global___SpeechEvent: _TypeAlias = SpeechEvent  # noqa: Y015
 
 @_typing.final
+class StreamResumed(_message.Message):
+    """The first response of a resumed stream: send the audio again from resume_offset_bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINALS_RESENT_FIELD_NUMBER: _builtins.int
+    finals_resent: _builtins.int
+    """Finals the client's token predates, sent again right after this message."""
+    def __init__(
+        self,
+        *,
+        finals_resent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finals_resent", b"finals_resent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamResumed: _TypeAlias = StreamResumed  # noqa: Y015
+
+@_typing.final
 class StreamingRecognizeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULT_FIELD_NUMBER: _builtins.int
     SPEECH_EVENT_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
     STREAM_ID_FIELD_NUMBER: _builtins.int
     COMMITTED_AUDIO_OFFSET_MS_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    RESUME_OFFSET_BYTES_FIELD_NUMBER: _builtins.int
+    RESUMABILITY_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     committed_audio_offset_ms: _builtins.int
     """Audio before this offset is fully transcribed (covered by finals)."""
     resume_token: _builtins.bytes
-    """Opaque token to resume the stream after a disconnect; always empty until stream resumption
-    exists.
+    """Opaque token to resume the stream after a disconnect (keep the latest one; empty when the stream
+    cannot be resumed). It is valid for the server's --state-ttl-s after the stream's last write.
     """
+    resume_offset_bytes: _builtins.int
+    """Bytes of the audio sent (after the config) that the stream's latest stored state covers: a client
+    needs to keep only the audio from here to resume, and sends it again from here when it does.
+    """
+    resumability: Global___Resumability.ValueType
     @_builtins.property
     def result(self) -> Global___RecognitionResult: ...
     @_builtins.property
     def speech_event(self) -> Global___SpeechEvent: ...
+    @_builtins.property
+    def resumed(self) -> Global___StreamResumed: ...
     def __init__(
         self,
         *,
         result: Global___RecognitionResult | None = ...,
         speech_event: Global___SpeechEvent | None = ...,
+        resumed: Global___StreamResumed | None = ...,
         stream_id: _builtins.str = ...,
         committed_audio_offset_ms: _builtins.int = ...,
         resume_token: _builtins.bytes = ...,
+        resume_offset_bytes: _builtins.int = ...,
+        resumability: Global___Resumability.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "result", b"result", "speech_event", b"speech_event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "result", b"result", "resumed", b"resumed", "speech_event", b"speech_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_audio_offset_ms", b"committed_audio_offset_ms", "response", b"response", "result", b"result", "resume_token", b"resume_token", "speech_event", b"speech_event", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_audio_offset_ms", b"committed_audio_offset_ms", "response", b"response", "result", b"result", "resumability", b"resumability", "resume_offset_bytes", b"resume_offset_bytes", "resume_token", b"resume_token", "resumed", b"resumed", "speech_event", b"speech_event", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["result", "speech_event"]  # noqa: Y015
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["result", "speech_event", "resumed"]  # noqa: Y015
     _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
 

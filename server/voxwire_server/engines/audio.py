@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from voxwire_server.config import INPUT_SAMPLE_RATES_HZ
-from voxwire_server.domain import AudioFormat, Encoding
+from voxwire_server.domain import AudioFormat, Encoding, PcmFormat
 from voxwire_server.engines.containers import ContainerStream, open_container_stream
 from voxwire_server.engines.containers.base import MAX_RATE_HZ, MIN_RATE_HZ, sniff_container
 from voxwire_server.errors import InvalidInput, LimitExceeded
@@ -263,6 +263,26 @@ class StreamDecoder:
         self._bits, self._floating = bits, floating
         self._frame_bytes = bits // 8 * channels
         self._resampler = Resampler(sample_rate_hz, channels, ASR_SAMPLE_RATE_HZ)
+
+    @property
+    def pcm(self) -> PcmFormat | None:
+        """The PCM being decoded (None for compressed audio, and for WAV until its header arrived)."""
+        if self._container is not None or self._resampler is None:
+            return None
+        return PcmFormat(self.sample_rate_hz, self.channels, self._bits, self._floating)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes fed but not yet decoded: a sample frame split across chunks, or a partial WAV header."""
+        return len(self._pending)
+
+    def resume(self, pcm: PcmFormat) -> None:
+        """Continues a PCM or WAV stream at a sample frame after its start (a resumed stream), as a
+        decoder that has seen its header (for WAV) would. The resampler starts afresh."""
+        if self._container is not None:
+            raise InvalidInput(f"{self._fmt.encoding.name} streams cannot be resumed")
+        self._pending = b""
+        self._start_pcm(pcm.sample_rate_hz, pcm.channels, pcm.bits, pcm.floating)
 
     @property
     def compressed(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -22,6 +23,9 @@ from voxwire_server.domain import (
     EndOfAudio,
     RecognitionOptions,
     Result,
+    Resumability,
+    Resumed,
+    ResumeInfo,
     SpeechEvent,
     SpeechEventType,
     StreamInput,
@@ -47,12 +51,15 @@ from voxwire_server.engines.base import (
 from voxwire_server.errors import (
     InvalidInput,
     LimitExceeded,
+    NotFound,
     NotImplementedCapability,
     StreamAbandoned,
     Unavailable,
 )
 from voxwire_server.sessions.agreement import LocalAgreement
 from voxwire_server.sessions.endpointing import Endpointer, SpeechStarted, UtteranceEnded
+from voxwire_server.sessions.resumption import Resumption, StateWriter, StreamStates
+from voxwire_server.sessions.stream_state import KeptFinal, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +144,18 @@ class PreviousText:
         self._text = f"{self.before(start)} {text.strip()}".strip()[-_CONTEXT_CHARS:]
         self._end = end
 
+    @property
+    def text(self) -> str:
+        return self._text
+
+    @property
+    def end(self) -> int:
+        return self._end
+
+    def restore(self, text: str, end: int) -> None:
+        """Continues from another stream's text and end (a resumed stream)."""
+        self._text, self._end = text[-_CONTEXT_CHARS:], end
+
 
 class Utterances:
     """Decodes the utterances of one stream (or clip) in order, each with the text before it as
@@ -153,11 +172,11 @@ class Utterances:
         self._options = options
         self._limits = limits
         self._shedding = shedding
-        self._previous = PreviousText(limits.context_gap_s)
+        self.previous = PreviousText(limits.context_gap_s)
 
     def context(self, start: int) -> str:
         """The previous text of an utterance (or of the part heard so far) starting at ``start``."""
-        return self._previous.before(start)
+        return self.previous.before(start)
 
     async def final(self, event: UtteranceEnded) -> tuple[WindowResult, Tier]:
         """The utterance's final and the tier that decoded it."""
@@ -165,7 +184,7 @@ class Utterances:
         request = WindowRequest(pcm16_to_float(event.audio), self._options, context=self.context(start))
         decoded, tier = await decode_final(self._recognizer, request, self._limits, self._shedding)
         if decoded.alternatives:
-            self._previous.add(decoded.alternatives[0].text, start, end)
+            self.previous.add(decoded.alternatives[0].text, start, end)
         return decoded, tier
 
 
@@ -275,6 +294,8 @@ def _utterances(endpointer: Endpointer, samples: npt.NDArray[np.float32]) -> lis
 
 
 _END = object()
+# The drain of a resumable stream: write its state and end, to be resumed elsewhere.
+_SUSPEND = object()
 
 
 # The _LimitReached of a server that drains.
@@ -304,13 +325,19 @@ class RecognitionStream:
         clock: Callable[[], float] = time.perf_counter,
         shedding: StreamLoad | None = None,
         stop: asyncio.Event | None = None,
+        states: StreamStates | None = None,
+        resumed: Resumption | None = None,
     ) -> None:
         """clock: what arrival times and result latencies are measured with; shedding: asked before
         each partial (and escalation) whether to skip it; stop: set when the server drains: the
-        stream stops reading, sends the finals of what it heard and ends with Unavailable."""
-        if start.resume_token:
-            raise NotImplementedCapability("stream resumption (resume_token)")
-        options = start.options
+        stream stops reading and ends with Unavailable, after writing its state if it is resumable
+        (to be resumed elsewhere) or else sending the finals of what it heard; states: where the
+        stream's state is written (None: not resumable); resumed: the state it goes on from."""
+        if start.resume_token and resumed is None:
+            raise NotImplementedCapability(
+                "stream resumption: this server keeps no stream state (--state off)"
+            )
+        options = resumed.state.options if resumed is not None else start.options
         check_options(recognizer, options)
         self._options = options
         self._recognizer = recognizer
@@ -320,7 +347,8 @@ class RecognitionStream:
         self._endpointer = _endpointer(vad_factory, options)
         # Decoded samples (or _END) with the time their message arrived: a final's latency counts
         # from the arrival of the chunk that ended its utterance, queueing included.
-        self._queue: asyncio.Queue[tuple[npt.NDArray[np.int16] | object, float]] = asyncio.Queue(
+        # Each with the offset (bytes of audio messages) the worker has taken in once it takes it.
+        self._queue: asyncio.Queue[tuple[npt.NDArray[np.int16] | object, float, int]] = asyncio.Queue(
             limits.queue_chunks
         )
         self._committed_ms = 0
@@ -339,12 +367,137 @@ class RecognitionStream:
         self._stop_requested = False
         self._awaiting_input = False
         self._interrupted = False
+        self._stream_id = start.stream_id
+        self._model = recognizer.model_name
+        # Bytes of audio messages read, and those the worker has taken in (a split frame excluded).
+        self._bytes_in = 0
+        self._covered_bytes = 0
+        self._kept: list[KeptFinal] = []
+        self._resend_from = 0
+        self._resumed = resumed
+        self._writer: StateWriter | None = None
+        self._states = states
+        self._written_at = -math.inf
+        # Chunks were taken in since the last write.
+        self._dirty = False
+        if states is not None and not self._decoder.compressed:
+            context = options.context
+            self._writer = states.writer(context.tenant_id, context.user_id, resumed)
+        if resumed is not None:
+            self._restore(resumed.state)
+
+    @property
+    def resumability(self) -> Resumability:
+        return Resumability.NOT_RESUMABLE if self._writer is None else self._writer.status
+
+    def _restore(self, state: StreamState) -> None:
+        try:
+            self._endpointer.restore(state.endpointer)
+            self._agreement.restore(state.agreement)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise NotFound(f"the stored state of this stream does not fit this server: {exc}") from None
+        if state.pcm is not None:
+            self._decoder.resume(state.pcm)
+        self._utterances.previous.restore(state.previous_text, state.previous_end)
+        self._stream_id = state.stream_id
+        self._committed_ms = state.committed_ms
+        self._last_partial_at = state.last_partial_at
+        self._bytes_in = self._covered_bytes = state.received_bytes
+        self._kept = list(state.finals)
+        self._resend_from = state.resend_from
+
+    def _state(self, sequence: int) -> StreamState:
+        assert self._writer is not None
+        endpointer = self._endpointer.snapshot()
+        return StreamState(
+            key=self._writer.key,
+            stream_id=self._stream_id,
+            sequence=sequence,
+            model=self._model,
+            options=self._options,
+            endpointer=endpointer,
+            received_samples=int(endpointer["position"]) + int(endpointer["leftover"].size),
+            received_bytes=self._covered_bytes,
+            # Until the worker has taken bytes in, a WAV stream's header is still to be sent again.
+            pcm=self._decoder.pcm if self._covered_bytes else None,
+            committed_ms=self._committed_ms,
+            previous_text=self._utterances.previous.text,
+            previous_end=self._utterances.previous.end,
+            agreement=self._agreement.snapshot(),
+            last_partial_at=self._last_partial_at,
+            finals=tuple(self._kept),
+            resend_from=self._resend_from,
+        )
+
+    async def _write_state(self, *, force: bool = False) -> None:
+        """Writes the stream's state when due (``force``: now). StateConflict ends the stream."""
+        if self._writer is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if not force and now - self._written_at < self._interval_s():
+            return
+        self._written_at = now
+        self._dirty = False
+        await self._writer.write(self._state)
+
+    def _interval_s(self) -> float:
+        return 0.0 if self._states is None else self._states.settings.interval_s
+
+    def _info(self, token: bytes | None = None) -> ResumeInfo:
+        if self._writer is None:
+            return ResumeInfo(Resumability.NOT_RESUMABLE)
+        return self._writer.info(token)
+
+    async def _update(self, payload: Result | SpeechEvent | Resumed, token: bytes | None = None) -> None:
+        await self._emit(StreamUpdate(payload, self._committed_ms, self._info(token)))
+
+    def _keep(self, result: Result) -> None:
+        """Keeps a final for resumes whose token predates it (it is sent with the next write's token)."""
+        assert self._states is not None and self._writer is not None
+        self._kept.append(KeptFinal(self._writer.next_sequence, result))
+        excess = len(self._kept) - self._states.settings.max_kept_finals
+        if excess > 0:
+            self._resend_from = max(self._resend_from, self._kept[excess - 1].sequence)
+            del self._kept[:excess]
+
+    async def _begin(self) -> None:
+        """A resumable stream writes first (a resumed one thereby fences off the connection it
+        replaces); a resumed one then says where to send audio from and sends the finals its client's
+        token predates."""
+        if self._writer is None:
+            return
+        await self._write_state(force=True)
+        resumed = self._resumed
+        if resumed is None:
+            return
+        if self._writer.status is not Resumability.RESUMABLE:
+            raise Unavailable("the stream-state store is unavailable: retry the resume shortly")
+        missed = [k.result for k in self._kept if k.sequence > resumed.token_sequence]
+        # Until the last missed final is out, responses carry the client's own token: a connection
+        # lost in between leaves it with a token that still gets them all again.
+        await self._update(Resumed(len(missed)), None if not missed else resumed.token)
+        for n, result in enumerate(missed, 1):
+            await self._update(result, None if n == len(missed) else resumed.token)
 
     async def run(self, inputs: AsyncIterator[StreamInput]) -> None:
-        async with asyncio.TaskGroup() as tg:
-            reader = tg.create_task(self._read(inputs))
-            watcher = tg.create_task(self._watch_stop(reader)) if self._stop is not None else None
-            tg.create_task(self._work(tg, reader, watcher))
+        try:
+            await self._begin()
+            async with asyncio.TaskGroup() as tg:
+                reader = tg.create_task(self._read(inputs))
+                watcher = tg.create_task(self._watch_stop(reader)) if self._stop is not None else None
+                tg.create_task(self._work(tg, reader, watcher))
+        except BaseException as exc:
+            # The state stays for a resume after a drain, a store or connection gone (a client
+            # killed mid-stream looks like a cancel or a stream closed without end_of_audio) and a
+            # resume elsewhere (StateConflict, an Unavailable); any other end is the stream's last.
+            if not _leaves_of(exc, (asyncio.CancelledError, Unavailable, StreamAbandoned)):
+                await self._forget()
+            raise
+        await self._forget()
+
+    async def _forget(self) -> None:
+        if self._writer is not None:
+            await self._writer.delete()
 
     async def _watch_stop(self, reader: asyncio.Task[None]) -> None:
         assert self._stop is not None
@@ -370,7 +523,15 @@ class RecognitionStream:
             # Only the drain's own interruption becomes a shutdown; any other cancel goes on.
             if not self._interrupted or task is None or task.uncancel() > 0:
                 raise
-            await self._end_reading(self._shutdown())
+            if (
+                self._states is not None
+                and self._states.shared
+                and self.resumability is Resumability.RESUMABLE
+            ):
+                # Resumed on another replica from its state, not finalized here.
+                await self._queue.put((_SUSPEND, self._clock(), self._bytes_in))
+            else:
+                await self._end_reading(self._shutdown())
         except _LimitReached as limit:
             await self._end_reading(limit)
 
@@ -390,8 +551,8 @@ class RecognitionStream:
             # tail costs that tail, not the finals of what was heard or the limit's status.
             log.warning("the audio decoder failed on a stream's last bytes", exc_info=True)
             tail = np.zeros(0, np.int16)
-        await self._queue.put((tail, arrived))
-        await self._queue.put((_END, arrived))
+        await self._queue.put((tail, arrived, self._bytes_in))
+        await self._queue.put((_END, arrived, self._bytes_in))
 
     async def _next_or_stop(self, items: AsyncIterator[StreamInput], opened_at: float) -> StreamInput | None:
         """The client's next message, unless the server has started draining."""
@@ -439,8 +600,8 @@ class RecognitionStream:
         while (item := await self._next_or_stop(items, opened_at)) is not None:
             arrived = self._clock()
             if isinstance(item, EndOfAudio):
-                await self._queue.put((await self._decode_input(None), arrived))
-                await self._queue.put((_END, arrived))
+                await self._queue.put((await self._decode_input(None), arrived, self._bytes_in))
+                await self._queue.put((_END, arrived, self._bytes_in))
                 return
             assert isinstance(item, AudioChunk)
             if not item.data:
@@ -451,6 +612,7 @@ class RecognitionStream:
                     f"audio chunk of {chunk_ms:.0f} ms is over the {self._limits.max_chunk_ms} ms limit; "
                     "send smaller chunks"
                 )
+            self._bytes_in += len(item.data)
             samples = await self._decode_input(item.data)
             self._audio_samples += samples.size
             if max_samples and self._audio_samples > max_samples:
@@ -458,7 +620,7 @@ class RecognitionStream:
                     "audio",
                     f"the stream reached its maximum of {self._limits.max_stream_audio_s:g} s of audio",
                 )
-            await self._queue.put((samples, arrived))
+            await self._queue.put((samples, arrived, self._bytes_in - self._decoder.pending_bytes))
         raise StreamAbandoned(
             "the request stream closed without end_of_audio; the unfinished utterance was discarded"
         )
@@ -477,21 +639,25 @@ class RecognitionStream:
     ) -> None:
         try:
             while True:
-                item, arrived = await self._queue.get()
+                item, arrived, offset = await self._next_item()
+                if item is _SUSPEND:
+                    await self._write_state(force=True)
+                    if self.resumability is Resumability.RESUMABLE:
+                        raise Unavailable(
+                            "the server is shutting down: resume the stream with its latest resume_token"
+                        )
+                    # The state could not be written: finalize what was heard instead.
+                    self._limit = self._shutdown()
+                    item = _END
                 if item is _END:
                     events = self._endpointer.flush()
                 else:
                     assert isinstance(item, np.ndarray)
                     events = self._endpointer.push(item)
-                for event in events:
-                    if isinstance(event, SpeechStarted):
-                        if self._shedding is not None:
-                            self._shedding.speaking(True)
-                        await self._send_event(
-                            SpeechEventType.SPEECH_STARTED, event.speech_start, event.utterance_index
-                        )
-                    elif await self._finish_utterance(event, arrived):
-                        return
+                self._covered_bytes = offset
+                self._dirty = True
+                if await self._handle(events, arrived):
+                    return
                 if item is _END:
                     if self._limit is not None:
                         if self._limits.on_limit is not None:
@@ -500,6 +666,7 @@ class RecognitionStream:
                             raise Unavailable(str(self._limit))
                         raise LimitExceeded(str(self._limit))
                     return
+                await self._write_state()
                 self._maybe_start_partial(tg)
         finally:
             if self._shedding is not None:
@@ -509,9 +676,61 @@ class RecognitionStream:
             if watcher is not None:
                 watcher.cancel()
 
-    async def _finish_utterance(self, event: UtteranceEnded, arrived: float) -> bool:
-        """Decodes and sends the final; True when the stream is over (single-utterance mode).
-        ``arrived``: when the message that ended the utterance reached the server."""
+    async def _next_item(self) -> tuple[npt.NDArray[np.int16] | object, float, int]:
+        """The next chunk; while none comes, the state of the chunks taken in is written when due."""
+        if self._writer is not None and self._dirty:
+            due = self._written_at + self._interval_s() - asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout(max(0.0, due)):
+                    return await self._queue.get()
+            except TimeoutError:
+                await self._write_state()
+        return await self._queue.get()
+
+    async def _handle(self, events: list[SpeechStarted | UtteranceEnded], arrived: float) -> bool:
+        """Sends the events of one chunk and the finals of the utterances it ended; True when the
+        stream is over (single-utterance mode). The finals go out after the state that holds them is
+        written: once for the chunk, as it is the chunk the state has taken in."""
+        ends = sum(isinstance(e, UtteranceEnded) for e in events)
+        finals: list[Result] = []
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                if self._shedding is not None:
+                    self._shedding.speaking(True)
+                await self._send_event(
+                    SpeechEventType.SPEECH_STARTED, event.speech_start, event.utterance_index
+                )
+                continue
+            ends -= 1
+            result = await self._finish_utterance(event, arrived)
+            if result is not None:
+                finals.append(result)
+            single = self._options.single_utterance
+            if ends == 0 or single:
+                await self._commit(finals)
+                finals = []
+            if single:
+                return True
+        return False
+
+    async def _commit(self, finals: list[Result]) -> None:
+        """Writes the state holding these finals, then sends them: a connection lost in between leaves
+        the client a token older than each final it did not get (a resume sends those again)."""
+        if not finals:
+            return
+        before = None
+        if self._writer is not None:
+            before = self._writer.token()
+            for result in finals:
+                self._keep(result)
+            await self._write_state(force=True)
+        for n, result in enumerate(finals, 1):
+            token = None if n == len(finals) else before
+            await self._emit(StreamUpdate(result, result.end_ms, self._info(token)))
+
+    async def _finish_utterance(self, event: UtteranceEnded, arrived: float) -> Result | None:
+        """Decodes the final (None when nothing was said). ``arrived``: when the message that ended
+        the utterance reached the server."""
         if self._shedding is not None:
             # From here the final is the decoder's queue's to count.
             self._shedding.speaking(False)
@@ -525,18 +744,17 @@ class RecognitionStream:
         decoded, tier = await self._utterances.final(event)
         end = event.audio_start + event.audio.size
         self._committed_ms = _ms(end)
-        if decoded.alternatives:
-            result = _result(
-                decoded,
-                offset_samples=event.audio_start,
-                end_samples=end,
-                index=event.utterance_index,
-                tier=tier,
-                latency_ms=(self._clock() - arrived) * 1000,
-                end=self._end_of(event),
-            )
-            await self._emit(StreamUpdate(result, self._committed_ms))
-        return single
+        if not decoded.alternatives:
+            return None
+        return _result(
+            decoded,
+            offset_samples=event.audio_start,
+            end_samples=end,
+            index=event.utterance_index,
+            tier=tier,
+            latency_ms=(self._clock() - arrived) * 1000,
+            end=self._end_of(event),
+        )
 
     def _end_of(self, event: UtteranceEnded) -> UtteranceEnd:
         """Why the utterance ended: an end of audio that a limit or the shutdown made says which."""
@@ -593,9 +811,7 @@ class RecognitionStream:
             latency_ms=(self._clock() - started) * 1000,
             end=None,
         )
-        await self._emit(
-            StreamUpdate(replace(result, is_final=False, stability=stability), self._committed_ms)
-        )
+        await self._update(replace(result, is_final=False, stability=stability))
 
     async def _stop_partial(self) -> None:
         if self._partial is not None and not self._partial.done():
@@ -605,7 +821,14 @@ class RecognitionStream:
         self._partial = None
 
     async def _send_event(self, kind: SpeechEventType, offset_samples: int, index: int) -> None:
-        await self._emit(StreamUpdate(SpeechEvent(kind, _ms(offset_samples), index), self._committed_ms))
+        await self._update(SpeechEvent(kind, _ms(offset_samples), index))
+
+
+def _leaves_of(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``exc``, or any exception of the group it is, is one of ``kinds``."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_leaves_of(e, kinds) for e in exc.exceptions)
+    return isinstance(exc, kinds)
 
 
 async def decode_final(

@@ -20,6 +20,7 @@ from voxwire_server.sessions.admission import (
     StreamTicket,
 )
 from voxwire_server.sessions.recognition import RecognitionLimits, VadFactory
+from voxwire_server.sessions.resumption import StreamStates
 from voxwire_server.sessions.synthesis import SynthesisHooks, SynthesisLimits, SynthesisSession
 
 
@@ -37,6 +38,8 @@ class Runtime:
     telemetry: Telemetry = field(default_factory=Telemetry)
     # None: the server runs without caches (--cache off).
     synthesis_cache: SynthesisCache | None = None
+    # None: streams cannot be resumed (--state off).
+    stream_states: StreamStates | None = None
     _recognizer: SpeechRecognizer | None = None
     _synthesizer: SpeechSynthesizer | None = None
     draining: bool = False

@@ -2,8 +2,10 @@
 
 Stored through storage/codec.py (msgpack, never pickle). The audio the stream has not finalized
 travels inside the endpointer's snapshot (the utterance in progress, its pre-roll, a part frame);
-the client replays what came after ``received_samples``. The VAD's own (C) state is not in it: the
-endpointer rebuilds it on restore.
+the client replays what it sent after ``received_bytes``. The VAD's own (C) state is not in it: the
+endpointer rebuilds it on restore. The finals of the latest writes travel too: a replica may write a
+state and die before its final reaches the client, so a resumed stream sends again the finals the
+client's token does not cover.
 """
 
 from __future__ import annotations
@@ -12,20 +14,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voxwire_server.domain import (
+    Alternative,
     AudioFormat,
     CachePolicy,
     DecodeOptions,
     Encoding,
     Endpointing,
+    PcmFormat,
     RecognitionOptions,
     RequestContext,
+    Result,
     Tier,
+    UtteranceEnd,
+    Word,
 )
 from voxwire_server.storage.codec import CodecError, pack, unpack
 
-__all__ = ["STATE_VERSION", "StreamState", "StreamStateError"]
+__all__ = ["STATE_VERSION", "KeptFinal", "PcmFormat", "StreamState", "StreamStateError"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class StreamStateError(ValueError):
@@ -33,7 +40,17 @@ class StreamStateError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class KeptFinal:
+    """A final sent with the state of ``sequence``: a token of an earlier sequence has not seen it."""
+
+    sequence: int
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
 class StreamState:
+    # The key of the stored state (what resume tokens name) and the client's stream id.
+    key: str
     stream_id: str
     sequence: int
     # The recognizer that decoded the stream so far: another model does not continue it.
@@ -44,6 +61,10 @@ class StreamState:
     endpointer: dict[str, Any]
     # 16 kHz samples the stream has received (the endpointer's position plus its part frame).
     received_samples: int
+    # Bytes of the client's audio messages the state covers (a sample frame split across messages is
+    # not covered: it is sent again), and the PCM they decode to (None until a WAV header arrived).
+    received_bytes: int
+    pcm: PcmFormat | None
     # Audio covered by finals (ms), as every response reports it.
     committed_ms: int
     # What was said before (the previous-text context) and where it ended (samples).
@@ -53,6 +74,10 @@ class StreamState:
     agreement: dict[str, Any] = field(default_factory=dict)
     # Where the last partial was taken (samples).
     last_partial_at: int = 0
+    # Finals of the latest writes, oldest first; every final after ``resend_from`` is among them, so
+    # a token of sequence resend_from or later misses none.
+    finals: tuple[KeptFinal, ...] = ()
+    resend_from: int = 0
 
     @property
     def tenant_id(self) -> str:
@@ -66,17 +91,24 @@ class StreamState:
         return pack(
             {
                 "v": STATE_VERSION,
+                "key": self.key,
                 "stream_id": self.stream_id,
                 "sequence": self.sequence,
                 "model": self.model,
                 "options": _options_to_dict(self.options),
                 "endpointer": self.endpointer,
                 "received_samples": self.received_samples,
+                "received_bytes": self.received_bytes,
+                "pcm": None
+                if self.pcm is None
+                else [self.pcm.sample_rate_hz, self.pcm.channels, self.pcm.bits, self.pcm.floating],
                 "committed_ms": self.committed_ms,
                 "previous_text": self.previous_text,
                 "previous_end": self.previous_end,
                 "agreement": self.agreement,
                 "last_partial_at": self.last_partial_at,
+                "finals": [[f.sequence, _result_to_list(f.result)] for f in self.finals],
+                "resend_from": self.resend_from,
             }
         )
 
@@ -93,22 +125,36 @@ class StreamState:
                 f"the stored stream state has version {raw.get('v')!r}; this server reads {STATE_VERSION}"
             )
         try:
+            pcm = raw["pcm"]
             state = cls(
+                key=_typed(raw["key"], str),
                 stream_id=_typed(raw["stream_id"], str),
                 sequence=_typed(raw["sequence"], int),
                 model=_typed(raw["model"], str),
                 options=_options_from_dict(raw["options"]),
                 endpointer=_typed(raw["endpointer"], dict),
                 received_samples=_typed(raw["received_samples"], int),
+                received_bytes=_typed(raw["received_bytes"], int),
+                pcm=None
+                if pcm is None
+                else PcmFormat(
+                    _typed(pcm[0], int), _typed(pcm[1], int), _typed(pcm[2], int), _typed(pcm[3], bool)
+                ),
                 committed_ms=_typed(raw["committed_ms"], int),
                 previous_text=_typed(raw["previous_text"], str),
                 previous_end=_typed(raw["previous_end"], int),
                 agreement=_typed(raw["agreement"], dict),
                 last_partial_at=_typed(raw["last_partial_at"], int),
+                finals=tuple(
+                    KeptFinal(_typed(seq, int), _result_from_list(r))
+                    for seq, r in _typed(raw["finals"], list)
+                ),
+                resend_from=_typed(raw["resend_from"], int),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise StreamStateError(f"the stored stream state is malformed: {exc}") from None
-        if min(state.sequence, state.received_samples, state.committed_ms, state.previous_end) < 0:
+        offsets = (state.sequence, state.received_samples, state.received_bytes, state.committed_ms)
+        if min(*offsets, state.previous_end, state.resend_from) < 0:
             raise StreamStateError("the stored stream state has a negative offset")
         return state
 
@@ -174,4 +220,34 @@ def _options_from_dict(raw: Any) -> RecognitionOptions:
             cache_policy=CachePolicy(cache_policy),
             request_id=_typed(request_id, str),
         ),
+    )
+
+
+def _result_to_list(r: Result) -> list[Any]:
+    alternatives = [
+        [a.text, a.confidence, [[w.text, w.start_s, w.end_s, w.probability] for w in a.words]]
+        for a in r.alternatives
+    ]
+    end = None if r.end is None else r.end.value
+    return [alternatives, r.utterance_index, r.start_ms, r.end_ms, r.tier.value, r.processing_latency_ms, end]
+
+
+def _result_from_list(raw: Any) -> Result:
+    alternatives, index, start_ms, end_ms, tier, latency_ms, end = raw
+    return Result(
+        alternatives=tuple(
+            Alternative(
+                _typed(text, str),
+                float(confidence),
+                tuple(Word(_typed(w[0], str), float(w[1]), float(w[2]), float(w[3])) for w in words),
+            )
+            for text, confidence, words in alternatives
+        ),
+        is_final=True,
+        utterance_index=_typed(index, int),
+        start_ms=_typed(start_ms, int),
+        end_ms=_typed(end_ms, int),
+        tier=Tier(tier),
+        processing_latency_ms=float(latency_ms),
+        end=None if end is None else UtteranceEnd(end),
     )

@@ -74,6 +74,12 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
             tenant_id, user_id = _purge_scope(request.tenant_id, request.user_id)
             cache = self._rt.synthesis_cache
             removed = await cache.purge_user(tenant_id, user_id) if cache is not None else 0
+            states = self._rt.stream_states
+            if states is not None:
+                # Live stream state is the user's too: their streams can no longer be resumed.
+                streams = await states.purge_owner(tenant_id, user_id)
+                log.info("purged the state of %d streams of one user", streams)
+                removed += streams
             log.info("purged %d cache entries of one user", removed)
             return cache_admin_pb2.PurgeUserResponse(entries_removed=removed)
 

@@ -16,6 +16,8 @@ from voxwire_server.domain import (
     RecognitionOptions,
     RequestContext,
     Result,
+    Resumability,
+    Resumed,
     SpeechEvent,
     SpeechEventType,
     StreamUpdate,
@@ -184,12 +186,25 @@ def result(r: Result) -> recognizer_pb2.RecognitionResult:
     )
 
 
+_RESUMABILITY_PB = {
+    Resumability.RESUMABLE: recognizer_pb2.RESUMABILITY_RESUMABLE,
+    Resumability.STORE_UNAVAILABLE: recognizer_pb2.RESUMABILITY_STORE_UNAVAILABLE,
+    Resumability.NOT_RESUMABLE: recognizer_pb2.RESUMABILITY_NOT_RESUMABLE,
+}
+
+
 def stream_update(update: StreamUpdate, stream_id: str) -> recognizer_pb2.StreamingRecognizeResponse:
     response = recognizer_pb2.StreamingRecognizeResponse(
         stream_id=stream_id, committed_audio_offset_ms=update.committed_offset_ms
     )
+    if update.resume is not None:
+        response.resumability = _RESUMABILITY_PB[update.resume.status]
+        response.resume_token = update.resume.token
+        response.resume_offset_bytes = update.resume.offset_bytes
     payload = update.payload
-    if isinstance(payload, SpeechEvent):
+    if isinstance(payload, Resumed):
+        response.resumed.finals_resent = payload.finals_resent
+    elif isinstance(payload, SpeechEvent):
         response.speech_event.CopyFrom(
             recognizer_pb2.SpeechEvent(
                 type=_EVENTS_PB[payload.type],

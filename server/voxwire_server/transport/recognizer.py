@@ -13,12 +13,13 @@ import grpc
 from voxwire.v1 import recognizer_pb2, recognizer_pb2_grpc
 from voxwire_server import auth
 from voxwire_server.domain import AudioChunk, EndOfAudio, StreamInput, StreamStart, StreamUpdate
-from voxwire_server.errors import InvalidInput
+from voxwire_server.errors import InvalidInput, NotImplementedCapability, PermissionDenied, VoxwireError
 from voxwire_server.logcontext import new_request_id, use_request_id
 from voxwire_server.sessions.recognition import RecognitionStream, recognize_clip
+from voxwire_server.sessions.resumption import Resumption
 from voxwire_server.sessions.runtime import Runtime
 from voxwire_server.transport import convert
-from voxwire_server.transport.status import mapped_errors
+from voxwire_server.transport.status import mapped_errors, status_for
 from voxwire_server.transport.writer import StreamWriter
 
 log = logging.getLogger(__name__)
@@ -74,15 +75,21 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                 got = first.WhichOneof("request") or "an empty message"
                 raise InvalidInput(f"the first message must be config, got {got}")
             cfg = first.config
-            if not cfg.HasField("config"):
+            resumed = await self._resumption(cfg, rid) if cfg.resume_token else None
+            if resumed is None and not cfg.HasField("config"):
                 raise InvalidInput("config.config (RecognitionConfig) is required")
-            start = StreamStart(
-                options=convert.recognition_options(
-                    cfg.config, self._rt.endpointing, self._rt.default_tier, rid
-                ),
-                stream_id=convert.stream_id(cfg.stream_id) or uuid.uuid4().hex,
-                resume_token=cfg.resume_token,
-            )
+            if resumed is not None:
+                state = resumed.state
+                start = StreamStart(
+                    options=state.options, stream_id=state.stream_id, resume_token=resumed.token
+                )
+            else:
+                start = StreamStart(
+                    options=convert.recognition_options(
+                        cfg.config, self._rt.endpointing, self._rt.default_tier, rid
+                    ),
+                    stream_id=convert.stream_id(cfg.stream_id) or uuid.uuid4().hex,
+                )
             use_request_id(start.options.context.request_id)
             recognizer = self._rt.recognizer
             shedding = self._rt.admit_stream(start.options.context.tenant_id, auth.current().priority)
@@ -103,6 +110,8 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                     emit,
                     shedding=shedding,
                     stop=self._rt.stopping,
+                    states=self._rt.stream_states,
+                    resumed=resumed,
                 )
                 # Leaving the writer's block waits for queued responses to be written, so the
                 # status that follows (OK or an error) never races a write.
@@ -111,6 +120,31 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                 log.info("stream %s finished", start.stream_id)
             finally:
                 self._rt.stream_closed(shedding)
+
+    async def _resumption(self, cfg: recognizer_pb2.StreamingRecognitionConfig, rid: str) -> Resumption:
+        """The stored state a resume_token names, for the tenant (and user) the call acts for."""
+        states = self._rt.stream_states
+        if states is None:
+            raise NotImplementedCapability(
+                "stream resumption: this server keeps no stream state (--state off)"
+            )
+        if cfg.HasField("config"):
+            options = convert.recognition_options(
+                cfg.config, self._rt.endpointing, self._rt.default_tier, rid
+            )
+            tenant_id, user_id = options.context.tenant_id, options.context.user_id
+        else:
+            tenant_id, user_id = auth.scoped_ids("", "")
+        try:
+            resumed = await states.resume(cfg.resume_token, tenant_id, self._rt.recognizer.model_name)
+            if user_id and resumed.state.user_id != user_id:
+                raise PermissionDenied("the resume token belongs to another user")
+        except VoxwireError as exc:
+            self._rt.telemetry.stream_resumes.labels(status_for(exc, rid)[0].name.lower()).inc()
+            raise
+        self._rt.telemetry.stream_resumes.labels("resumed").inc()
+        log.info("stream %s resumed from state %d", resumed.state.stream_id, resumed.state.sequence)
+        return resumed
 
 
 async def _inputs(
