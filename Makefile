@@ -26,7 +26,7 @@ serve: $(STAMP) ## Set up and run the server on 127.0.0.1:50051 (LISTEN=HOST:POR
 
 test: $(STAMP) ## Set up and run lint, type checks and all tests
 	$(MAKE) --no-print-directory lint
-	@scripts/ensure-redis.sh
+	@scripts/ensure-services.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 unit: $(STAMP) ## Run the unit tests only
@@ -44,6 +44,7 @@ bench: $(STAMP) ## Run the benchmarks (loopback only, bounded)
 	$(PY) benchmarks/asr_accuracy.py
 	$(PY) benchmarks/recognize_latency.py
 	$(PY) benchmarks/stream_state.py
+	$(PY) benchmarks/resume.py
 	$(PY) benchmarks/asr_load.py
 	$(PY) benchmarks/batch_scaling.py
 	$(PY) benchmarks/tts_load.py

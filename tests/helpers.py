@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,18 @@ class Clip:
     path: Path
     text: str
     duration_s: float
+
+
+def require_binary(command: str, package: str, require_variable: str) -> str:
+    """The path of a program the tests run (a real Redis, HAProxy); skips when it is missing, or
+    fails when the variable is 1 (as in CI)."""
+    binary = shutil.which(command)
+    if binary is None:
+        reason = f"{command} is not on PATH (Debian: apt-get install {package})"
+        if os.environ.get(require_variable) == "1":
+            pytest.fail(f"{reason} and {require_variable}=1")
+        pytest.skip(reason)
+    return binary
 
 
 def require_data() -> Path:

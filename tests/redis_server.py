@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -12,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import require_binary
 
 _START_TIMEOUT_S = 10.0
 _START_ATTEMPTS = 3
@@ -33,7 +33,7 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
-def _start(binary: str, port: int, data_dir: Path) -> subprocess.Popen[bytes] | None:
+def _start(binary: str, port: int, data_dir: Path, policy: str) -> subprocess.Popen[bytes] | None:
     """The running server, or None when it exited (e.g. the port was taken meanwhile)."""
     log = data_dir / "redis.log"
     args = [
@@ -43,7 +43,7 @@ def _start(binary: str, port: int, data_dir: Path) -> subprocess.Popen[bytes] | 
         "--save", "",
         "--appendonly", "no",
         "--maxmemory", "64mb",
-        "--maxmemory-policy", "allkeys-lfu",
+        "--maxmemory-policy", policy,
         "--dir", str(data_dir),
         "--logfile", str(log),
     ]  # fmt: skip
@@ -70,22 +70,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def redis_server_binary() -> str:
     """The redis-server path; skips (or fails with VOXWIRE_REQUIRE_REDIS=1) when there is none."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        reason = "redis-server is not on PATH (Debian: apt-get install redis-server)"
-        if os.environ.get("VOXWIRE_REQUIRE_REDIS") == "1":
-            pytest.fail(reason + " and VOXWIRE_REQUIRE_REDIS=1")
-        pytest.skip(reason)
-    return binary
+    return require_binary("redis-server", "redis-server", "VOXWIRE_REQUIRE_REDIS")
 
 
 @contextmanager
-def redis_server(data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """(URL, process) of a redis-server running until the block ends."""
+def redis_server(
+    data_dir: Path, policy: str = "allkeys-lfu"
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """(URL, process) of a redis-server running until the block ends (a cache's eviction policy by
+    default; live stream state wants noeviction)."""
     binary = redis_server_binary()
     for _ in range(_START_ATTEMPTS):
         port = _free_port()
-        process = _start(binary, port, data_dir)
+        process = _start(binary, port, data_dir, policy)
         if process is not None:
             break
     else:

@@ -9,7 +9,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from voxwire.errors import FailedPreconditionError, UnavailableError, VoxwireError
+from voxwire.errors import FailedPreconditionError, RequestCancelledError, UnavailableError, VoxwireError
 from voxwire.types import Resumability, SpeechEventType, StreamUpdate
 
 __all__ = ["ResumePolicy", "StreamResume"]
@@ -44,8 +44,10 @@ class ResumePolicy:
 
 def resumes_after(error: VoxwireError) -> bool:
     """Whether a stream that failed with ``error`` may go on from its token: the server went away
-    (draining, killed, its connection lost) or the stream was taken over elsewhere."""
-    return isinstance(error, UnavailableError)
+    (draining, killed, its connection lost), the stream was taken over elsewhere, or the call was
+    reset from the other side (a load balancer's RST_STREAM when its replica died: CANCELLED, which
+    this client's own cancelling never reports, as it ends the iteration instead)."""
+    return isinstance(error, UnavailableError | RequestCancelledError)
 
 
 class StreamResume:
@@ -64,6 +66,16 @@ class StreamResume:
         self.source_done = False
         self._last_final = -1
         self._events: dict[SpeechEventType, int] = {}
+        self._observed = False
+
+    @property
+    def restartable(self) -> bool:
+        """Nothing heard from the server yet (no token): the stream can start again as a new one,
+        with all the audio sent so far."""
+        return not self.token and not self._observed and self._origin == 0
+
+    def may_go_on(self, error: VoxwireError) -> bool:
+        return resumes_after(error) and (self.resumable or self.restartable)
 
     def start_at(self, offset: int) -> None:
         """A stream resumed by hand: its source begins at this offset of the stream's audio."""
@@ -105,6 +117,7 @@ class StreamResume:
     def observe(self, update: StreamUpdate) -> bool:
         """Takes in what an update says of resumption; False when the caller has had it already (or it
         is the notice of a resume the client made itself)."""
+        self._observed = True
         if update.resume_token:
             self.token = update.resume_token
         # An older token of a stream whose store failed for now still resumes from its state.

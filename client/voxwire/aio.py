@@ -14,7 +14,7 @@ import grpc.aio
 
 from voxwire import _convert
 from voxwire._convert import AudioInput
-from voxwire._resume import ResumePolicy, StreamResume, resumes_after
+from voxwire._resume import ResumePolicy, StreamResume
 from voxwire.audio import apaced
 from voxwire.errors import VoxwireError, _AioStreamStatus, from_rpc_error
 from voxwire.types import (
@@ -258,7 +258,13 @@ class AsyncClient:
                 calls += 1
                 status = _AioStreamStatus()
                 call.add_done_callback(status)
-                offset: asyncio.Future[int] | None = loop.create_future() if resuming else None
+                offset: asyncio.Future[int] | None = None
+                if resuming:
+                    offset = loop.create_future()
+                elif calls > 1:
+                    # The call before failed before the server said anything: start again, all of it.
+                    offset = loop.create_future()
+                    offset.set_result(0)
                 writer = asyncio.create_task(_write_requests(call, head, feed, resume, offset))
                 rolled = _Rollover(call, resume, policy.rollover_s)
                 responses = aiter(call)
@@ -274,7 +280,7 @@ class AsyncClient:
                             if failure is not None:
                                 raise failure from exc
                             error = await status.error(call, exc)
-                            if not (resumes_after(error) and resume.resumable and attempt < policy.attempts):
+                            if not (resume.may_go_on(error) and attempt < policy.attempts):
                                 raise error from exc
                             attempt += 1
                             again = True

@@ -14,7 +14,7 @@ import grpc
 
 from voxwire import _convert
 from voxwire._convert import AudioInput
-from voxwire._resume import ResumePolicy, StreamResume, resumes_after
+from voxwire._resume import ResumePolicy, StreamResume
 from voxwire.audio import paced
 from voxwire.errors import VoxwireError, from_rpc_error
 from voxwire.types import (
@@ -223,7 +223,10 @@ class Client:
                 resuming = bool(resume.token) and (calls > 0 or bool(resume_token))
                 head = _convert.stream_head(config, stream_id, resume.token if resuming else b"")
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                control = _CallControl(resume, feed, resuming)
+                # A call that failed before the server said anything starts again, all of it.
+                control = _CallControl(resume, feed, resuming or calls > 0)
+                if not resuming and calls > 0:
+                    control.resumed_at(0)
                 requests = _requests(head, feed, resume, control)
                 call = self._recognizer.StreamingRecognize(requests, timeout=left, metadata=self._metadata)
                 calls += 1
@@ -249,7 +252,7 @@ class Client:
                         raise control.failures[0] from None
                     if not control.rolled:
                         error = from_rpc_error(exc)
-                        if not (resumes_after(error) and resume.resumable and attempt < policy.attempts):
+                        if not (resume.may_go_on(error) and attempt < policy.attempts):
                             raise error from exc
                         attempt += 1
                     again = True

@@ -54,6 +54,11 @@ def _finals(updates: list[StreamUpdate]) -> list[tuple[int, str, int, int, str]]
     ]
 
 
+def _resumes(server: RunningServer) -> float:
+    registry = server.app.runtime.telemetry.registry
+    return registry.get_sample_value("voxwire_stream_resumes_total", {"outcome": "resumed"}) or 0.0
+
+
 @pytest.fixture
 def proxy(server: RunningServer) -> Iterator[TcpProxy]:
     p = TcpProxy(server.target)
@@ -107,6 +112,22 @@ def test_the_sync_client_resumes_too(server: RunningServer, proxy: TcpProxy) -> 
     assert _finals(resumed) == _finals(reference)
 
 
+def test_the_sync_client_rolls_over_too(server: RunningServer) -> None:
+    chunks = _chunks(jfk_pcm())
+    reference = asyncio.run(_run(server.target, chunks))
+
+    def paced() -> Iterator[bytes]:
+        for chunk in chunks:
+            time.sleep(0.025)
+            yield chunk
+
+    before = _resumes(server)
+    with Client(server.target) as client:
+        rolled = list(client.stream(paced(), CONFIG, rollover_s=0.7))
+    assert _resumes(server) - before >= 2
+    assert _finals(rolled) == _finals(reference)
+
+
 def test_a_stream_rolls_over_to_new_calls(server: RunningServer, proxy: TcpProxy) -> None:
     chunks = _chunks(jfk_pcm())
     reference = asyncio.run(_run(server.target, chunks))
@@ -115,7 +136,9 @@ def test_a_stream_rolls_over_to_new_calls(server: RunningServer, proxy: TcpProxy
         async with AsyncClient(proxy.address) as client:
             return [u async for u in client.stream(_paced(chunks, set(), proxy), CONFIG, rollover_s=0.8)]
 
+    before = _resumes(server)
     rolled = asyncio.run(run())
+    assert _resumes(server) - before >= 2
     # One connection (a rollover is a new call on it, not a new connection), and the same finals.
     assert _finals(rolled) == _finals(reference)
 

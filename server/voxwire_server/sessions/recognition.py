@@ -523,21 +523,21 @@ class RecognitionStream:
             # Only the drain's own interruption becomes a shutdown; any other cancel goes on.
             if not self._interrupted or task is None or task.uncancel() > 0:
                 raise
-            if (
-                self._states is not None
-                and self._states.shared
-                and self.resumability is Resumability.RESUMABLE
-            ):
-                # Resumed on another replica from its state, not finalized here.
-                await self._queue.put((_SUSPEND, self._clock(), self._bytes_in))
-            else:
-                await self._end_reading(self._shutdown())
+            await self._end_reading(self._shutdown())
         except _LimitReached as limit:
             await self._end_reading(limit)
 
+    def _left_to_another_replica(self) -> bool:
+        shared = self._states is not None and self._states.shared
+        return shared and self.resumability is Resumability.RESUMABLE
+
     async def _end_reading(self, limit: _LimitReached) -> None:
         """As if the client had sent end_of_audio: the worker sends the finals of what arrived, then
-        ends the stream with the limit's error."""
+        ends the stream with the limit's error. At a drain, a stream another replica can resume is
+        left to it: the worker writes its state and ends it, its utterance not cut."""
+        if limit.limit == SHUTDOWN and self._left_to_another_replica():
+            await self._queue.put((_SUSPEND, self._clock(), self._bytes_in))
+            return
         self._limit = limit
         arrived = self._clock()
         try:
