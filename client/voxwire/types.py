@@ -253,8 +253,8 @@ class StreamUpdate:
     """Opaque token to resume the stream after a disconnect (the client library does so itself; keep
     the latest one to resume by hand). Empty when the stream cannot be resumed."""
     resume_offset_bytes: int = 0
-    """Bytes of the audio sent (after the config) that the server's latest stored state covers: a
-    resume sends the audio again from here."""
+    """The byte of the audio sent (after the config) from which a resume of the server's latest
+    stored state sends it again: the audio before it is no longer needed."""
     resumability: Resumability = Resumability.UNSPECIFIED
     resumed: bool = False
     """The first update of a stream resumed by hand: send its audio from ``resume_offset_bytes``."""

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
+import numpy as np
 import pytest
 
 from tests.conftest import RunningServer
@@ -161,8 +162,8 @@ def _audio(data: bytes) -> list[recognizer_pb2.StreamingRecognizeRequest]:
 
 
 def _token_of_abandoned_stream(stub: recognizer_pb2_grpc.RecognizerStub) -> bytes:
-    """A stream sends 3 s of jfk and waits; once its state covers audio it is cancelled (as a client
-    that went away): its latest token."""
+    """A stream sends 3 s of jfk and waits; once speech has started it is cancelled (as a client that
+    went away): its latest token."""
     stop = threading.Event()
 
     def requests() -> Iterator[recognizer_pb2.StreamingRecognizeRequest]:
@@ -175,7 +176,7 @@ def _token_of_abandoned_stream(stub: recognizer_pb2_grpc.RecognizerStub) -> byte
     try:
         for response in call:
             token = response.resume_token or token
-            if response.resume_offset_bytes > 0:
+            if response.WhichOneof("response") == "speech_event":
                 break
     finally:
         call.cancel()
@@ -212,7 +213,7 @@ def test_a_token_resumes_only_for_its_tenant_and_user(stub: recognizer_pb2_grpc.
     assert isinstance(first, recognizer_pb2.StreamingRecognizeResponse), first
     assert first.WhichOneof("response") == "resumed"
     assert first.resumability == recognizer_pb2.RESUMABILITY_RESUMABLE
-    assert 0 < first.resume_offset_bytes <= 3 * 32000 and first.resume_offset_bytes % 2 == 0
+    assert 0 <= first.resume_offset_bytes <= 3 * 32000 and first.resume_offset_bytes % 2 == 0
 
 
 def test_a_finished_stream_cannot_be_resumed(stub: recognizer_pb2_grpc.RecognizerStub) -> None:
@@ -242,3 +243,23 @@ def test_compressed_streams_say_they_cannot_be_resumed(server: RunningServer) ->
     assert updates and all(
         u.resumability is Resumability.NOT_RESUMABLE and not u.resume_token for u in updates
     )
+
+
+def test_a_resampled_stream_resumes_with_its_audio_in_the_state(
+    server: RunningServer, proxy: TcpProxy
+) -> None:
+    # 8 kHz: the server resamples, so the stream's bytes are not the endpointer's samples and its
+    # state carries the endpointer's audio; the resampler starts afresh at the resume.
+    samples = np.frombuffer(jfk_pcm(), "<i2")[::2].astype("<i2").tobytes()
+    chunks = [samples[i : i + 1600] for i in range(0, len(samples), 1600)]
+    config = RecognitionConfig(encoding=AudioEncoding.LINEAR16, sample_rate_hz=8000)
+
+    async def run() -> list[StreamUpdate]:
+        async with AsyncClient(proxy.address) as client:
+            return [u async for u in client.stream(_paced(chunks, {60}, proxy), config)]
+
+    before = _resumes(server)
+    updates = asyncio.run(run())
+    assert _resumes(server) - before >= 1
+    text = " ".join(f[1] for f in _finals(updates)).lower()
+    assert "ask not what your country can do for you" in text

@@ -67,6 +67,7 @@ def _state() -> StreamState:
         endpointer=endpointer.snapshot(),
         received_samples=endpointer.position + 17,
         received_bytes=96_034,
+        replay_from_bytes=96_034,
         pcm=PcmFormat(48000, 2, 24, False),
         committed_ms=250,
         previous_text="hello there",
@@ -90,6 +91,7 @@ def test_a_state_reads_back_as_it_was_written() -> None:
         "model",
         "received_samples",
         "received_bytes",
+        "replay_from_bytes",
         "pcm",
         "committed_ms",
         "previous_text",
@@ -120,6 +122,8 @@ def test_a_state_of_another_version_or_shape_is_refused() -> None:
         StreamState.from_bytes(pack({**raw, "received_samples": -1}))
     with pytest.raises(StreamStateError, match="negative"):
         StreamState.from_bytes(pack({**raw, "received_bytes": -2}))
+    with pytest.raises(StreamStateError, match="beyond"):
+        StreamState.from_bytes(pack({**raw, "replay_from_bytes": 96_036}))
     with pytest.raises(StreamStateError, match="malformed"):
         StreamState.from_bytes(pack({**raw, "finals": [[9, ["not", "a", "result"]]]}))
     with pytest.raises(StreamStateError, match="malformed"):

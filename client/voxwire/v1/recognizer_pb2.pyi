@@ -580,8 +580,9 @@ class StreamingRecognizeResponse(_message.Message):
     cannot be resumed). It is valid for the server's --state-ttl-s after the stream's last write.
     """
     resume_offset_bytes: _builtins.int
-    """Bytes of the audio sent (after the config) that the stream's latest stored state covers: a client
-    needs to keep only the audio from here to resume, and sends it again from here when it does.
+    """The byte of the audio sent (after the config) from which a resume of the latest stored state sends
+    it again: a client needs to keep only the audio from here on. (For 16 kHz mono PCM the state
+    leaves the audio not yet covered by finals to the client, so this is where that audio starts.)
     """
     resumability: Global___Resumability.ValueType
     @_builtins.property

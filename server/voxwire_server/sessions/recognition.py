@@ -383,6 +383,8 @@ class RecognitionStream:
         if states is not None and not self._decoder.compressed:
             context = options.context
             self._writer = states.writer(context.tenant_id, context.user_id, resumed)
+        # A resumed state whose endpointer's audio comes back from the client: until it has.
+        self._pending: _PendingRestore | None = None
         if resumed is not None:
             self._restore(resumed.state)
 
@@ -392,7 +394,10 @@ class RecognitionStream:
 
     def _restore(self, state: StreamState) -> None:
         try:
-            self._endpointer.restore(state.endpointer)
+            if "heard" in state.endpointer:
+                self._endpointer.restore(state.endpointer)
+            else:
+                self._pending = _PendingRestore(state)
             self._agreement.restore(state.agreement)
         except (ValueError, KeyError, TypeError) as exc:
             raise NotFound(f"the stored state of this stream does not fit this server: {exc}") from None
@@ -402,13 +407,22 @@ class RecognitionStream:
         self._stream_id = state.stream_id
         self._committed_ms = state.committed_ms
         self._last_partial_at = state.last_partial_at
-        self._bytes_in = self._covered_bytes = state.received_bytes
+        self._bytes_in = self._covered_bytes = state.replay_from_bytes
         self._kept = list(state.finals)
         self._resend_from = state.resend_from
 
     def _state(self, sequence: int) -> StreamState:
         assert self._writer is not None
+        if self._pending is not None:
+            return replace(self._pending.state, sequence=sequence)
         endpointer = self._endpointer.snapshot()
+        received_samples = int(endpointer["position"]) + int(endpointer["leftover"].size)
+        replay_from = self._covered_bytes
+        width = self._sample_bytes()
+        if width:
+            heard, leftover = endpointer.pop("heard"), endpointer.pop("leftover")
+            endpointer["heard_samples"], endpointer["leftover_samples"] = heard.size, leftover.size
+            replay_from -= width * (heard.size + leftover.size)
         return StreamState(
             key=self._writer.key,
             stream_id=self._stream_id,
@@ -416,8 +430,9 @@ class RecognitionStream:
             model=self._model,
             options=self._options,
             endpointer=endpointer,
-            received_samples=int(endpointer["position"]) + int(endpointer["leftover"].size),
+            received_samples=received_samples,
             received_bytes=self._covered_bytes,
+            replay_from_bytes=replay_from,
             # Until the worker has taken bytes in, a WAV stream's header is still to be sent again.
             pcm=self._decoder.pcm if self._covered_bytes else None,
             committed_ms=self._committed_ms,
@@ -428,6 +443,28 @@ class RecognitionStream:
             finals=tuple(self._kept),
             resend_from=self._resend_from,
         )
+
+    def _sample_bytes(self) -> int:
+        """Bytes per sample of a stream whose bytes are the endpointer's samples one to one (16 kHz
+        mono PCM, no resampling): its state leaves the endpointer's audio to the client; else 0."""
+        pcm = self._decoder.pcm if self._covered_bytes else None
+        if pcm is None or pcm.sample_rate_hz != ASR_SAMPLE_RATE_HZ or pcm.channels != 1:
+            return 0
+        return pcm.bits // 8
+
+    def _push(self, samples: npt.NDArray[np.int16]) -> list[SpeechStarted | UtteranceEnded]:
+        pending = self._pending
+        if pending is None:
+            return self._endpointer.push(samples)
+        audio = pending.take(samples)
+        if audio is None:
+            return []
+        try:
+            rest = pending.restore(self._endpointer, audio)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise NotFound(f"the stored state of this stream does not fit this server: {exc}") from None
+        self._pending = None
+        return self._endpointer.push(rest)
 
     async def _write_state(self, *, force: bool = False) -> None:
         """Writes the stream's state when due (``force``: now). StateConflict ends the stream."""
@@ -650,10 +687,15 @@ class RecognitionStream:
                     self._limit = self._shutdown()
                     item = _END
                 if item is _END:
+                    if self._pending is not None:
+                        raise InvalidInput(
+                            "the audio ended before the resumed stream had its audio again: send it "
+                            "from the resumed response's resume_offset_bytes"
+                        )
                     events = self._endpointer.flush()
                 else:
                     assert isinstance(item, np.ndarray)
-                    events = self._endpointer.push(item)
+                    events = self._push(item)
                 self._covered_bytes = offset
                 self._dirty = True
                 if await self._handle(events, arrived):
@@ -822,6 +864,37 @@ class RecognitionStream:
 
     async def _send_event(self, kind: SpeechEventType, offset_samples: int, index: int) -> None:
         await self._update(SpeechEvent(kind, _ms(offset_samples), index))
+
+
+class _PendingRestore:
+    """A resumed state whose endpointer's audio (heard_samples, then leftover_samples) the client
+    sends again first."""
+
+    def __init__(self, state: StreamState) -> None:
+        self.state = state
+        self.heard = int(state.endpointer["heard_samples"])
+        self.leftover = int(state.endpointer["leftover_samples"])
+        if min(self.heard, self.leftover) < 0:
+            raise ValueError("negative sample counts")
+        self._audio: list[npt.NDArray[np.int16]] = []
+        self._have = 0
+
+    def take(self, samples: npt.NDArray[np.int16]) -> npt.NDArray[np.int16] | None:
+        """The audio so far once it covers the endpointer's (None before)."""
+        self._audio.append(samples)
+        self._have += samples.size
+        if self._have < self.heard + self.leftover:
+            return None
+        return np.concatenate(self._audio)
+
+    def restore(self, endpointer: Endpointer, audio: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+        """Restores the endpointer with its audio; returns the audio after it, new to it."""
+        counts = ("heard_samples", "leftover_samples")
+        snapshot = {k: v for k, v in self.state.endpointer.items() if k not in counts}
+        split = self.heard + self.leftover
+        snapshot["heard"], snapshot["leftover"] = audio[: self.heard], audio[self.heard : split]
+        endpointer.restore(snapshot)
+        return audio[split:]
 
 
 def _leaves_of(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:

@@ -80,7 +80,7 @@ class StreamStates:
             return StateWriter(self, secrets.token_hex(16), tenant_id, self.owner(tenant_id, user_id), 0)
         state = resumed.state
         writer = StateWriter(self, state.key, tenant_id, self.owner(tenant_id, user_id), state.sequence)
-        writer.offset_bytes = state.received_bytes
+        writer.offset_bytes = state.replay_from_bytes
         return writer
 
     async def resume(self, token: bytes, tenant_id: str, model: str) -> Resumption:
@@ -205,7 +205,7 @@ class StateWriter:
             self._states.count("unavailable")
             return False
         self.sequence, self._uncertain = sequence, 0
-        self.offset_bytes = state.received_bytes
+        self.offset_bytes = state.replay_from_bytes
         self.status = Resumability.RESUMABLE
         self._states.count("ok", len(payload))
         return True

@@ -1,8 +1,10 @@
 """A stream's state as one versioned value: what another replica needs to go on where this one was.
 
 Stored through storage/codec.py (msgpack, never pickle). The audio the stream has not finalized
-travels inside the endpointer's snapshot (the utterance in progress, its pre-roll, a part frame);
-the client replays what it sent after ``received_bytes``. The VAD's own (C) state is not in it: the
+(the utterance in progress, its pre-roll, a part frame) is the endpointer's: for 16 kHz mono PCM
+the client, which keeps it anyway, sends it again from ``replay_from_bytes`` (the state stays a
+few KB); for other audio it travels inside the endpointer's snapshot and the client sends again
+what came after ``received_bytes``. The VAD's own (C) state is not in it: the
 endpointer rebuilds it on restore. The finals of the latest writes travel too: a replica may write a
 state and die before its final reaches the client, so a resumed stream sends again the finals the
 client's token does not cover.
@@ -65,6 +67,11 @@ class StreamState:
     # not covered: it is sent again), and the PCM they decode to (None until a WAV header arrived).
     received_bytes: int
     pcm: PcmFormat | None
+    # Where a resume has the client send its audio again from. For 16 kHz mono PCM, whose bytes are
+    # the endpointer's samples, the endpointer's audio is left out of the state (its snapshot says
+    # how many samples it had: heard_samples, leftover_samples) and comes back from the client, which
+    # keeps the audio not covered by finals anyway; otherwise received_bytes.
+    replay_from_bytes: int
     # Audio covered by finals (ms), as every response reports it.
     committed_ms: int
     # What was said before (the previous-text context) and where it ended (samples).
@@ -99,6 +106,7 @@ class StreamState:
                 "endpointer": self.endpointer,
                 "received_samples": self.received_samples,
                 "received_bytes": self.received_bytes,
+                "replay_from_bytes": self.replay_from_bytes,
                 "pcm": None
                 if self.pcm is None
                 else [self.pcm.sample_rate_hz, self.pcm.channels, self.pcm.bits, self.pcm.floating],
@@ -135,6 +143,7 @@ class StreamState:
                 endpointer=_typed(raw["endpointer"], dict),
                 received_samples=_typed(raw["received_samples"], int),
                 received_bytes=_typed(raw["received_bytes"], int),
+                replay_from_bytes=_typed(raw["replay_from_bytes"], int),
                 pcm=None
                 if pcm is None
                 else PcmFormat(
@@ -154,8 +163,10 @@ class StreamState:
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise StreamStateError(f"the stored stream state is malformed: {exc}") from None
         offsets = (state.sequence, state.received_samples, state.received_bytes, state.committed_ms)
-        if min(*offsets, state.previous_end, state.resend_from) < 0:
+        if min(*offsets, state.previous_end, state.resend_from, state.replay_from_bytes) < 0:
             raise StreamStateError("the stored stream state has a negative offset")
+        if state.replay_from_bytes > state.received_bytes:
+            raise StreamStateError("the stored stream state replays from beyond what it received")
         return state
 
 
