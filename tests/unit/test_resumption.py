@@ -120,6 +120,26 @@ def test_tokens_that_do_not_resume() -> None:
     asyncio.run(run())
 
 
+def test_states_are_sealed_at_rest() -> None:
+    async def run() -> None:
+        store = FlakyStore()
+        states = _states(store)
+        writer = states.writer("acme", "alice")
+        await writer.write(_builder(writer.key, previous_text="turn on the kitchen lights"))  # type: ignore[arg-type]
+        saved = await store.load(writer.key)
+        assert saved is not None
+        assert b"kitchen" not in saved.payload and b"acme" not in saved.payload
+        # Moved to another stream's key, it no longer opens.
+        other = states.writer("acme", "alice")
+        await other.write(_builder(other.key))  # type: ignore[arg-type]
+        await store.save(other.key, saved.payload, sequence=2, previous=1, ttl_s=60)
+        with pytest.raises(NotFound, match="cannot be read"):
+            await states.resume(states.tokens.issue(other.key, "acme", 2), "acme", "tiny.en")
+        assert (await states.resume(writer.token(), "acme", "tiny.en")).state.previous_text.endswith("lights")
+
+    asyncio.run(run())
+
+
 def test_owner_tags_name_no_ids_and_keep_tenants_apart() -> None:
     states = _states()
     tag = states.owner("acme", "alice")

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from voxwire_server.caches.envelope import KEY_BYTES, Sealer, SealError
 from voxwire_server.domain import Resumability, ResumeInfo
 from voxwire_server.errors import InvalidInput, LimitExceeded, NotFound, PermissionDenied, Unavailable
 from voxwire_server.sessions.resume_tokens import MAX_TOKEN_BYTES, ResumeTokens
@@ -65,6 +66,10 @@ class StreamStates:
         self.settings = settings
         self.tokens = ResumeTokens(secret, settings.ttl_s)
         self._owner_key = hmac.new(secret, b"voxwire stream owner tag", hashlib.sha256).digest()
+        # States hold transcripts (and, for resampled audio, speech): sealed at rest like cache values,
+        # under a key of their own from the secret every replica shares, bound to the stream's key.
+        state_key = hmac.new(secret, b"voxwire stream state key", hashlib.sha256).digest()[:KEY_BYTES]
+        self.sealer = Sealer(state_key)
         self._on_write = on_write
 
     def owner(self, tenant_id: str, user_id: str) -> str:
@@ -97,8 +102,8 @@ class StreamStates:
         if saved is None or saved.sequence < point.sequence:
             raise NotFound("no state of this stream is stored (it ended, expired or was purged): start anew")
         try:
-            state = StreamState.from_bytes(saved.payload)
-        except StreamStateError as exc:
+            state = StreamState.from_bytes(self.sealer.open(saved.payload, point.stream_id)[0])
+        except (SealError, StreamStateError) as exc:
             log.warning("a stored stream state cannot be resumed: %s", exc)
             raise NotFound(
                 "the stored state of this stream cannot be read by this server: start anew"
@@ -179,7 +184,7 @@ class StateWriter:
         settings = self._states.settings
         sequence = self.next_sequence
         state = build(sequence)
-        payload = state.to_bytes()
+        payload = self._states.sealer.seal(state.to_bytes(), self.key)
         try:
             try:
                 await self._states.store.save(
