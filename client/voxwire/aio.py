@@ -243,7 +243,8 @@ class AsyncClient:
         # One reader of the source for all the calls of the stream: a call that fails never takes
         # the source down with it.
         feed: asyncio.Queue[bytes | _SourceEnd] = asyncio.Queue(_FEED_CHUNKS)
-        pump = asyncio.create_task(_pump(audio, feed))
+        # A stream resumed by hand reads its source only once the server has said where it resumes.
+        pump = None if resume_token else asyncio.create_task(_pump(audio, feed))
         calls, attempt = 0, 0
         error: VoxwireError | None = None
         rolled_over = False
@@ -302,6 +303,8 @@ class AsyncClient:
                             if calls == 1:
                                 # Resumed by hand: the caller's source starts where the state ends.
                                 resume.start_at(update.resume_offset_bytes)
+                                if pump is None:
+                                    pump = asyncio.create_task(_pump(audio, feed))
                             if offset is not None and not offset.done():
                                 offset.set_result(update.resume_offset_bytes)
                             resume.observe(update)
@@ -327,8 +330,11 @@ class AsyncClient:
                 if not rolled_over:
                     await asyncio.sleep(policy.delay_s(attempt))
         finally:
-            pump.cancel()
-            await asyncio.wait([pump])
+            if pump is not None:
+                pump.cancel()
+                await asyncio.wait([pump])
+            else:
+                await audio.aclose()
 
     async def _reconnected(self, policy: ResumePolicy, deadline: float | None, error: VoxwireError) -> None:
         """Waits for the channel to connect again before a resume; raises ``error`` when it does not

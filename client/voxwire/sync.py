@@ -46,6 +46,8 @@ StreamSource = AudioInput | Iterable[bytes]
 class _Cancellable(Protocol):
     def cancel(self) -> bool: ...
 
+    def done(self) -> bool: ...
+
 
 class Client:
     """A blocking client of a voxwire server.
@@ -554,6 +556,9 @@ class _Feed:
         if isinstance(item, bytes):
             # Kept before it is sent: a call that fails meanwhile leaves it to the next one.
             self._resume.record(item)
+        else:
+            # Under the lock, like the recording: the next call knows at once that it is over.
+            self._resume.source_done = True
         return item
 
     def _pump(self) -> None:
@@ -602,9 +607,12 @@ class _CallControl:
             self._timer.start()
 
     def _roll(self) -> None:
-        if self.resume.resumable and not self.resume.source_done and self._call is not None:
+        call = self._call
+        if call is None or call.done():
+            return
+        if self.resume.resumable and not self.resume.source_done:
             self.rolled = True
-            self._call.cancel()
+            call.cancel()
 
     def resumed_at(self, offset: int) -> None:
         self._offset = offset
@@ -652,7 +660,6 @@ def _requests(
         if item is None:
             return
         if isinstance(item, _SourceEnd):
-            resume.source_done = True
             if item.error is not None:
                 control.failures.append(item.error)
                 control.cancel()

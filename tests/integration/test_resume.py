@@ -140,6 +140,7 @@ def test_a_stream_rolls_over_to_new_calls(server: RunningServer, proxy: TcpProxy
     before = _resumes(server)
     rolled = asyncio.run(run())
     assert _resumes(server) - before >= 2
+    assert proxy.connections == 1
     # One connection (a rollover is a new call on it, not a new connection), and the same finals.
     assert _finals(rolled) == _finals(reference)
 

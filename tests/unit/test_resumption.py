@@ -86,6 +86,38 @@ def test_a_failed_store_leaves_the_stream_going_and_a_landed_timeout_is_adopted(
     asyncio.run(run())
 
 
+def test_another_connections_write_of_a_failed_sequence_is_not_adopted() -> None:
+    async def run() -> None:
+        store = FlakyStore()
+        states = _states(store)
+        first = states.writer("acme", "alice")
+        build = _builder(first.key)
+        assert await first.write(build)  # type: ignore[arg-type]
+        store.fail_before = 1  # the write of 2 fails without landing
+        assert not await first.write(build)  # type: ignore[arg-type]
+        # The client resumes elsewhere from 1; that connection writes 2.
+        second = states.writer("acme", "alice", await states.resume(first.token(), "acme", "tiny.en"))
+        assert await second.write(build)  # type: ignore[arg-type]
+        with pytest.raises(StateConflict):
+            await first.write(build)  # type: ignore[arg-type]
+        assert await second.write(build)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+
+
+def test_a_state_that_expired_or_was_purged_ends_its_stream() -> None:
+    async def run() -> None:
+        store = FlakyStore()
+        states = _states(store)
+        writer = states.writer("acme", "alice")
+        assert await writer.write(_builder(writer.key))  # type: ignore[arg-type]
+        assert await states.purge_owner("acme", "alice") == 1
+        with pytest.raises(NotFound, match="expired or was purged"):
+            await writer.write(_builder(writer.key))  # type: ignore[arg-type]
+
+    asyncio.run(run())
+
+
 def test_tokens_that_do_not_resume() -> None:
     async def run() -> None:
         store = FlakyStore()

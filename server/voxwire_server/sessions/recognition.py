@@ -385,6 +385,7 @@ class RecognitionStream:
             self._writer = states.writer(context.tenant_id, context.user_id, resumed)
         # A resumed state whose endpointer's audio comes back from the client: until it has.
         self._pending: _PendingRestore | None = None
+        self._ended = False
         if resumed is not None:
             self._restore(resumed.state)
 
@@ -526,11 +527,19 @@ class RecognitionStream:
         except BaseException as exc:
             # The state stays for a resume after a drain, a store or connection gone (a client
             # killed mid-stream looks like a cancel or a stream closed without end_of_audio) and a
-            # resume elsewhere (StateConflict, an Unavailable); any other end is the stream's last.
-            if not _leaves_of(exc, (asyncio.CancelledError, Unavailable, StreamAbandoned)):
+            # resume elsewhere (StateConflict, an Unavailable); any other end is the stream's last,
+            # and so is a drain that finalized the stream.
+            retired = self._writer is not None and self._writer.retired
+            if retired or not _leaves_of(exc, (asyncio.CancelledError, Unavailable, StreamAbandoned)):
                 await self._forget()
             raise
-        await self._forget()
+        self._ended = True
+
+    async def close(self) -> None:
+        """After a stream that ended well has had its last responses written: its state goes. (Not
+        before: a connection lost before the last final left would find nothing to resume.)"""
+        if self._ended:
+            await self._forget()
 
     async def _forget(self) -> None:
         if self._writer is not None:
@@ -572,9 +581,13 @@ class RecognitionStream:
         """As if the client had sent end_of_audio: the worker sends the finals of what arrived, then
         ends the stream with the limit's error. At a drain, a stream another replica can resume is
         left to it: the worker writes its state and ends it, its utterance not cut."""
-        if limit.limit == SHUTDOWN and self._left_to_another_replica():
-            await self._queue.put((_SUSPEND, self._clock(), self._bytes_in))
-            return
+        if limit.limit == SHUTDOWN:
+            if self._left_to_another_replica():
+                await self._queue.put((_SUSPEND, self._clock(), self._bytes_in))
+                return
+            if self._writer is not None:
+                # Finalized here: nothing is left to resume, and no response may say otherwise.
+                self._writer.retire()
         self._limit = limit
         arrived = self._clock()
         try:
@@ -683,7 +696,9 @@ class RecognitionStream:
                         raise Unavailable(
                             "the server is shutting down: resume the stream with its latest resume_token"
                         )
-                    # The state could not be written: finalize what was heard instead.
+                    # The state could not be written: finalize what was heard instead, for good.
+                    if self._writer is not None:
+                        self._writer.retire()
                     self._limit = self._shutdown()
                     item = _END
                 if item is _END:
@@ -719,15 +734,18 @@ class RecognitionStream:
                 watcher.cancel()
 
     async def _next_item(self) -> tuple[npt.NDArray[np.int16] | object, float, int]:
-        """The next chunk; while none comes, the state of the chunks taken in is written when due."""
-        if self._writer is not None and self._dirty:
-            due = self._written_at + self._interval_s() - asyncio.get_running_loop().time()
+        """The next chunk. While none comes, the state of the chunks taken in is written when due,
+        and rewritten now and then, so that a long pause does not let it expire."""
+        if self._writer is None or self._states is None:
+            return await self._queue.get()
+        while True:
+            wait_s = self._interval_s() if self._dirty else self._states.settings.ttl_s / 3
+            due = self._written_at + wait_s - asyncio.get_running_loop().time()
             try:
                 async with asyncio.timeout(max(0.0, due)):
                     return await self._queue.get()
             except TimeoutError:
-                await self._write_state()
-        return await self._queue.get()
+                await self._write_state(force=True)
 
     async def _handle(self, events: list[SpeechStarted | UtteranceEnded], arrived: float) -> bool:
         """Sends the events of one chunk and the finals of the utterances it ended; True when the

@@ -153,8 +153,10 @@ class StateWriter:
         # the client's audio that state covers.
         self.sequence = sequence
         self.offset_bytes = 0
-        # A write that failed may still have landed: its sequence, until the next write settles it.
-        self._uncertain = 0
+        # A write that failed may still have landed: (its sequence, payload, offset) until the next
+        # write settles it.
+        self._uncertain: tuple[int, bytes, int] | None = None
+        self._retired = False
         # A new stream writes before its first response, so no response says RESUMABLE untested.
         self.status = Resumability.RESUMABLE
         self._token = b""
@@ -179,8 +181,22 @@ class StateWriter:
             self._token_sequence = self.sequence
         return self._token
 
+    @property
+    def retired(self) -> bool:
+        return self._retired
+
+    def retire(self) -> None:
+        """The stream can no longer be resumed (it was finalized for good): no more writes, and every
+        response says NOT_RESUMABLE, so that no client tries."""
+        self._retired = True
+        self.status = Resumability.NOT_RESUMABLE
+
     async def write(self, build: Callable[[int], StreamState]) -> bool:
-        """Writes the state ``build`` makes for the next sequence; False when the store failed."""
+        """Writes the state ``build`` makes for the next sequence; False when the store failed.
+        StateConflict when another connection took the stream over; NotFound when its state expired
+        or was purged meanwhile."""
+        if self._retired:
+            return False
         settings = self._states.settings
         sequence = self.next_sequence
         state = build(sequence)
@@ -196,26 +212,42 @@ class StateWriter:
                     owner=self._owner,
                 )
             except StateConflict as conflict:
-                if not self._uncertain or conflict.stored != self._uncertain:
+                if conflict.stored == 0 and self.sequence:
+                    self._states.count("conflict")
+                    raise NotFound("the stream's state expired or was purged: start a new stream") from None
+                if not await self._landed(conflict.stored):
                     self._states.count("conflict")
                     raise
                 # The write that timed out had landed after all: go on from it.
-                self.sequence, self._uncertain = conflict.stored, 0
+                assert self._uncertain is not None
+                self.sequence, _, self.offset_bytes = self._uncertain
+                self._uncertain = None
                 return await self.write(build)
         except StoreUnavailable as exc:
             if self.status is Resumability.RESUMABLE:
                 log.warning("stream state not written (the stream is not resumable for now): %s", exc)
-            self._uncertain = sequence
+            self._uncertain = (sequence, payload, state.replay_from_bytes)
             self.status = Resumability.STORE_UNAVAILABLE
             self._states.count("unavailable")
             return False
-        self.sequence, self._uncertain = sequence, 0
+        self.sequence, self._uncertain = sequence, None
         self.offset_bytes = state.replay_from_bytes
         self.status = Resumability.RESUMABLE
         self._states.count("ok", len(payload))
         return True
 
+    async def _landed(self, stored: int) -> bool:
+        """Whether the stored state is this writer's own write that failed: the same sequence and
+        the same sealed bytes (their nonce is unique), not another connection's."""
+        if self._uncertain is None or stored != self._uncertain[0]:
+            return False
+        saved = await self._states.store.load(self.key)
+        return saved is not None and saved.sequence == stored and saved.payload == self._uncertain[1]
+
     async def delete(self) -> None:
-        """The stream ended: its state goes (a store that fails leaves it to expire)."""
+        """The stream ended: its state goes, unless another connection has written it since (a store
+        that fails leaves it to expire)."""
         with contextlib.suppress(StoreUnavailable):
-            await self._states.store.delete(self.key)
+            saved = await self._states.store.load(self.key)
+            if saved is not None and saved.sequence == self.sequence:
+                await self._states.store.delete(self.key)

@@ -117,6 +117,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                 # status that follows (OK or an error) never races a write.
                 async with StreamWriter(context) as writer:
                     await stream.run(_inputs(request_iterator))
+                await stream.close()
                 log.info("stream %s finished", start.stream_id)
             finally:
                 self._rt.stream_closed(shedding)
