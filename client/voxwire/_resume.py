@@ -66,13 +66,15 @@ class StreamResume:
         self.source_done = False
         self._last_final = -1
         self._events: dict[SpeechEventType, int] = {}
-        self._observed = False
 
     @property
     def restartable(self) -> bool:
-        """Nothing heard from the server yet (no token): the stream can start again as a new one,
-        with all the audio sent so far."""
-        return not self.token and not self._observed and self._origin == 0
+        """No token yet (the server has not said anything, or could not store the stream's state),
+        no final passed on, all the audio still kept: the stream can start again as a new one, with
+        all the audio sent so far (what it passes on again is dropped as seen)."""
+        with self._lock:
+            kept_from_start = not self._chunks or self._chunks[0][0] == 0
+        return not self.token and self._last_final < 0 and self._origin == 0 and kept_from_start
 
     def may_go_on(self, error: VoxwireError) -> bool:
         return resumes_after(error) and (self.resumable or self.restartable)
@@ -117,7 +119,6 @@ class StreamResume:
     def observe(self, update: StreamUpdate) -> bool:
         """Takes in what an update says of resumption; False when the caller has had it already (or it
         is the notice of a resume the client made itself)."""
-        self._observed = True
         if update.resume_token:
             self.token = update.resume_token
         # An older token of a stream whose store failed for now still resumes from its state.

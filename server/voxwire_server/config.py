@@ -150,8 +150,9 @@ class ServerConfig:
         256, "size of the in-process stream-state store (full: streams not resumable)"
     )
     state_timeout_ms: float = _opt(
-        50.0,
-        "per-call timeout of a Redis state store; a slower write leaves the stream not resumable for now",
+        250.0,
+        "per-call timeout of a Redis state store; a slower write leaves the stream not resumable for now "
+        "(the stream waits for its write, so keep it short)",
     )
     resume_secret: str = _opt(
         "",

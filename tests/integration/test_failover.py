@@ -18,7 +18,7 @@ from tests.helpers import DATA_DIR, jfk_pcm
 from tests.redis_server import redis_server
 from tests.replicas import HaProxy, Replica, haproxy_binary
 from tests.tcp_proxy import TcpProxy
-from voxwire import AsyncClient, AudioEncoding, RecognitionConfig
+from voxwire import AsyncClient, AudioEncoding, RecognitionConfig, StreamUpdate, VoxwireError
 
 STREAMS = 20
 # Into the streams when the replica goes: every clip is longer, so every stream is mid-speech.
@@ -94,13 +94,20 @@ def _sources() -> list[tuple[object, RecognitionConfig]]:
 
 
 async def _stream(address: str, source: object, config: RecognitionConfig) -> Finals:
+    finals: Finals = []
+    last: StreamUpdate | None = None
     async with AsyncClient(address) as client:
         updates = client.stream(source, config, realtime=True, resume_attempts=8)  # type: ignore[arg-type]
-        return [
-            (u.result.utterance_index, u.result.transcript, u.result.audio_start_ms, u.result.audio_end_ms)
-            async for u in updates
-            if u.result is not None and u.result.is_final
-        ]
+        try:
+            async for u in updates:
+                last = u
+                if u.result is not None and u.result.is_final:
+                    r = u.result
+                    finals.append((r.utterance_index, r.transcript, r.audio_start_ms, r.audio_end_ms))
+        except VoxwireError as exc:
+            said = "nothing" if last is None else f"{last.resumability}, token {bool(last.resume_token)}"
+            raise AssertionError(f"the stream of {source} failed; its last update said {said}") from exc
+    return finals
 
 
 def _run(address: str, fail: Callable[[], object] | None = None) -> list[Finals]:

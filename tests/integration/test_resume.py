@@ -6,8 +6,10 @@ stream's and a purged user's are refused with clear statuses."""
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
+import wave
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -264,3 +266,25 @@ def test_a_resampled_stream_resumes_with_its_audio_in_the_state(
     assert _resumes(server) - before >= 1
     text = " ".join(f[1] for f in _finals(updates)).lower()
     assert "ask not what your country can do for you" in text
+
+
+def test_a_wav_stream_resumes_past_its_header(server: RunningServer, proxy: TcpProxy) -> None:
+    # The header arrives once; a resume continues in the samples, as a decoder that has seen it.
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(jfk_pcm())
+    chunks = _chunks(out.getvalue())
+    config = RecognitionConfig(encoding=AudioEncoding.WAV, interim_results=True)
+
+    async def run(source: object) -> list[StreamUpdate]:
+        async with AsyncClient(proxy.address) as client:
+            return [u async for u in client.stream(source, config)]  # type: ignore[arg-type]
+
+    reference = asyncio.run(run(chunks))
+    before = _resumes(server)
+    resumed = asyncio.run(run(_paced(chunks, {50}, proxy)))
+    assert _resumes(server) - before >= 1
+    assert _finals(resumed) == _finals(reference)
