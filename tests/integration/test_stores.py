@@ -68,6 +68,13 @@ async def test_get_set_overwrite_delete(store: Store) -> None:
     assert await store.delete("a") is False
 
 
+async def test_get_many_answers_each_key_in_order(store: Store) -> None:
+    await store.set("m:a", b"1")
+    await store.set("m:c", b"3", ttl_s=60)
+    assert await store.get_many(["m:c", "m:b", "m:a", "m:c"]) == [b"3", None, b"1", b"3"]
+    assert await store.get_many([]) == []
+
+
 async def test_add_stores_only_when_absent(store: Store) -> None:
     assert await store.add("secret", b"first")
     assert not await store.add("secret", b"second")

@@ -19,7 +19,8 @@ from voxwire_server.caches.envelope import (
     derive_key,
     key_id,
 )
-from voxwire_server.caches.synthesis import CachedAudio, SynthesisCache, _keyed
+from voxwire_server.caches.keyring import keyed
+from voxwire_server.caches.synthesis import CachedAudio, SynthesisCache
 from voxwire_server.config import ServerConfig, load_config
 from voxwire_server.domain import RequestContext
 from voxwire_server.errors import ConfigError
@@ -189,7 +190,7 @@ async def test_the_memory_store_gets_a_random_key_per_process_not_one_from_the_s
     derived = SynthesisCache(cache.store, personal_ttl_s=60, key_secret=SECRET.encode())
     assert await derived.get_phrase("k", ALICE) is None  # not derived from the secret
     # Another process (cache) with the same secret names the entry alike but cannot open it.
-    store_key = f"tts.phrase:u:{_keyed(SECRET.encode(), 'personal', 'acme', 'alice', 'k')}"
+    store_key = f"tts.phrase:u:{keyed(SECRET.encode(), 'personal', 'acme', 'alice', 'k')}"
     sealed = await cache.store.get(store_key)
     assert sealed is not None
     await other.store.set(store_key, sealed)

@@ -23,22 +23,23 @@ request). Lookups try personal, then global. A store that is down is a miss, nev
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from voxwire_server.caches.envelope import Sealer, SealError, UnknownKey, derive_key
+# The secret's constants are the keyring's; they stay importable from here.
+from voxwire_server.caches.keyring import SECRET_BYTES as SECRET_BYTES
+from voxwire_server.caches.keyring import SECRET_KEY as SECRET_KEY
+from voxwire_server.caches.keyring import SECRET_REFRESH_S as SECRET_REFRESH_S
+from voxwire_server.caches.keyring import SECRET_RETRY_S as SECRET_RETRY_S
+from voxwire_server.caches.keyring import Keyring
 from voxwire_server.domain import CachePolicy, Encoding, RequestContext
-from voxwire_server.storage import Store, StoreStats, StoreUnavailable, pack, unpack
-from voxwire_server.storage.codec import CodecError
+from voxwire_server.storage import Store, StoreStats, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,6 @@ GLOBAL = "global"
 PERSONAL = "personal"
 # Bump when the layout of a stored value changes: old entries are then simply never found.
 _FORMAT = 1
-# The generated key secret, kept in the store beside the entries (outside their key spaces).
-SECRET_KEY = "meta:cache-key-secret"
-SECRET_BYTES = 32
-# How often a process reads the stored secret again: it keeps the entry in use (LFU eviction
-# spares it) and puts it back if it was evicted.
-SECRET_REFRESH_S = 60.0
-# After a failed read, how long requests fail at once (or keep the secret they have) before one
-# tries again: a store that is down costs one timeout a second, not one per waiting request.
-SECRET_RETRY_S = 1.0
-# Unknown key ids remembered so each is logged once (bounded: a writer to the store makes them up).
-_MAX_UNKNOWN_KEY_IDS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +96,6 @@ def prefix_key(template: str, *, voice: str, speaking_rate: float, model: str) -
     return _digest(_FORMAT, "template", normalized(template), voice, round(speaking_rate, 3), model)
 
 
-def _keyed(secret: bytes, *parts: object) -> str:
-    return hmac.new(secret, json.dumps(parts, ensure_ascii=False).encode(), hashlib.sha256).hexdigest()
-
-
 class SynthesisCache:
     def __init__(
         self,
@@ -121,103 +107,45 @@ class SynthesisCache:
         value_key: bytes | None = None,
         retired_value_keys: Sequence[bytes] = (),
         clock: Callable[[], float] = time.monotonic,
+        keyring: Keyring | None = None,
     ) -> None:
-        """key_secret: the HMAC key of every store key; None generates one, kept in the store.
-        value_key: the AES-256-GCM key of every value; None derives one from the key secret.
-        retired_value_keys: open values sealed under them, never seal (key rotation)."""
-        if key_secret is not None and len(key_secret) < 16:
-            raise ValueError("the cache key secret must be at least 16 bytes")
-        self._retired_value_keys = tuple(retired_value_keys)
-        self._given_sealer = None if value_key is None else Sealer(value_key, self._retired_value_keys)
-        if value_key is None:
-            for old in self._retired_value_keys:
-                Sealer(old)  # checks each key's length now rather than at the first lookup
-        self._derived: tuple[bytes, Sealer] | None = None
-        self._unknown_key_ids: set[bytes] = set()
+        """key_secret, value_key, retired_value_keys: see Keyring (used when no keyring is given;
+        keyring: the one the recognition cache of the same store shares)."""
+        self._keyring = keyring or Keyring(
+            store,
+            key_secret=key_secret,
+            value_key=value_key,
+            retired_value_keys=retired_value_keys,
+            clock=clock,
+        )
         self._store = store
         self._personal_ttl_s = personal_ttl_s
         self._on_lookup = on_lookup
         self._hits: dict[str, int] = {}
         self._misses: dict[str, int] = {}
-        self._given_secret = key_secret
-        self._secret: bytes | None = None
-        self._secret_read_at = 0.0
-        self._secret_retry_at = 0.0
-        self._reading = False
-        self._secret_lock = asyncio.Lock()
-        self._clock = clock
 
     @property
     def store(self) -> Store:
         return self._store
 
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
     async def key_secret(self) -> bytes:
-        """The secret under which keys are made. Raises StoreUnavailable when it must be read from
-        a store that cannot be reached (at most one read a second tries; the others fail at once)."""
-        if self._given_secret is not None:
-            return self._given_secret
-        held = self._secret
-        if held is not None and (self._clock() < self._secret_read_at + SECRET_REFRESH_S or self._reading):
-            return held  # fresh, or being read again by another request: keep using it meanwhile
-        async with self._secret_lock:
-            now = self._clock()
-            if self._secret is not None and now < self._secret_read_at + SECRET_REFRESH_S:
-                return self._secret
-            if now < self._secret_retry_at:  # a read failed moments ago: no queue of timeouts
-                if self._secret is not None:
-                    return self._secret
-                raise StoreUnavailable("the cache store was unavailable moments ago")
-            self._reading = True
-            try:
-                stored = await self._read_or_make_secret()
-            except StoreUnavailable:
-                self._secret_retry_at = self._clock() + SECRET_RETRY_S
-                if self._secret is not None:
-                    return self._secret
-                raise
-            finally:
-                self._reading = False
-            if self._secret is not None and stored != self._secret:
-                log.warning(
-                    "the cache key secret in the store changed (evicted and made again elsewhere?): "
-                    "entries made before are no longer found, nor purged; give every replica the same "
-                    "--cache-key-secret"
-                )
-            self._secret, self._secret_read_at = stored, self._clock()
-            return stored
-
-    async def _read_or_make_secret(self) -> bytes:
-        stored = await self._store.get(SECRET_KEY)
-        if stored is None:
-            # First use of the store, or the secret was evicted: this process's secret (or a new one)
-            # goes in, unless another process got there first.
-            await self._store.add(SECRET_KEY, self._secret or secrets.token_bytes(SECRET_BYTES))
-            stored = await self._store.get(SECRET_KEY)
-        if stored is None or len(stored) < 16:
-            stored = self._secret or secrets.token_bytes(SECRET_BYTES)  # a store too small to keep it
-        return stored
-
-    async def _sealer(self) -> Sealer:
-        """The value key in use: the one given, or one derived from the key secret in use."""
-        if self._given_sealer is not None:
-            return self._given_sealer
-        secret = await self.key_secret()
-        derived = self._derived
-        if derived is None or derived[0] != secret:
-            derived = self._derived = (secret, Sealer(derive_key(secret), self._retired_value_keys))
-        return derived[1]
+        """The secret under which keys are made (see Keyring.key_secret)."""
+        return await self._keyring.key_secret()
 
     async def _store_key(self, kind: str, tier: str, key: str, context: RequestContext | None) -> str:
-        secret = await self.key_secret()
         if tier == GLOBAL:
-            return f"{kind}:g:{_keyed(secret, 'global', key)}"
+            return f"{kind}:g:{await self._keyring.keyed('global', key)}"
         if context is None or not context.user_id:
             raise ValueError("the personal tier needs a user id")
-        return f"{kind}:u:{_keyed(secret, 'personal', context.tenant_id, context.user_id, key)}"
+        return f"{kind}:u:{await self._keyring.keyed('personal', context.tenant_id, context.user_id, key)}"
 
     async def owner(self, tenant_id: str, user_id: str) -> str:
         """The owner tag of one user's entries (what PurgeUser removes)."""
-        return _keyed(await self.key_secret(), "owner", tenant_id, user_id)
+        return await self._keyring.owner(tenant_id, user_id)
 
     def _count(self, kind: str, tier: str, hit: bool) -> None:
         name = f"{kind}.{tier}"
@@ -235,59 +163,30 @@ class SynthesisCache:
         for tier in (PERSONAL, GLOBAL) if context.user_id else (GLOBAL,):
             try:
                 store_key = await self._store_key(kind, tier, key, context)
-                sealer = await self._sealer()
-                data = await self._store.get(store_key)
+                opened = await self._keyring.read(kind, store_key)
             except StoreUnavailable as exc:
                 log.warning("synthesis cache unavailable, treating as a miss: %s", exc)
                 return None
-            value = None if data is None else await self._open(kind, tier, store_key, data, sealer)
-            self._count(kind, tier, hit=value is not None)
-            if value is not None:
-                return value
+            if opened is not None and not opened.current and tier == GLOBAL:
+                # Sealed under a retired key: global entries never expire, so they are sealed again
+                # under the current one on a hit (personal ones expire with their TTL instead).
+                with contextlib.suppress(StoreUnavailable):
+                    await self._keyring.write_packed(store_key, opened.plaintext, ttl_s=None, owner="")
+            self._count(kind, tier, hit=opened is not None)
+            if opened is not None:
+                return opened.value
         return None
-
-    async def _open(self, kind: str, tier: str, store_key: str, data: bytes, sealer: Sealer) -> Any | None:
-        """The value, or None (a miss) when it does not open; never logs what it holds."""
-        try:
-            plaintext, current = sealer.open(data, store_key)
-            value = unpack(plaintext)
-        except UnknownKey as exc:
-            # Kept: a replica that holds the key may still read it, and a put here overwrites it.
-            # Said once per key id: until they age out, such entries are found on every lookup.
-            level = logging.DEBUG if exc.key_id in self._unknown_key_ids else logging.WARNING
-            if len(self._unknown_key_ids) < _MAX_UNKNOWN_KEY_IDS:
-                self._unknown_key_ids.add(exc.key_id)
-            log.log(
-                level,
-                "%s entries sealed under a key this server does not hold (key id %s) are misses",
-                kind,
-                exc.key_id.hex(),
-            )
-            return None
-        except (SealError, CodecError) as exc:
-            log.warning("dropping a %s entry that does not open (%s)", kind, type(exc).__name__)
-            with contextlib.suppress(StoreUnavailable):
-                await self._store.delete(store_key)
-            return None
-        if not current and tier == GLOBAL:
-            # Sealed under a retired key: global entries never expire, so they are sealed again
-            # under the current one on a hit (personal ones expire with their TTL instead).
-            with contextlib.suppress(StoreUnavailable):
-                await self._store.set(store_key, sealer.seal(plaintext, store_key))
-        return value
 
     async def _put(self, kind: str, key: str, context: RequestContext | None, value: Any) -> bool:
         """context None: the global tier (Warmup). Returns whether the value was stored."""
         if context is not None and (context.cache_policy is not CachePolicy.USE or not context.user_id):
             return False  # no user id: no personal tier to store in
         tier = GLOBAL if context is None else PERSONAL
-        plaintext = pack(value)
         try:
             store_key = await self._store_key(kind, tier, key, context)
-            sealer = await self._sealer()
-            await self._store.set(
+            await self._keyring.write(
                 store_key,
-                sealer.seal(plaintext, store_key),
+                value,
                 ttl_s=None if context is None else self._personal_ttl_s,
                 owner="" if context is None else await self.owner(context.tenant_id, context.user_id),
             )

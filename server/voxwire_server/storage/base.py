@@ -34,6 +34,10 @@ class Store(Protocol):
         """The value, or None when absent or expired; counts as a use for LFU eviction."""
         ...
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """get() of each key, in order, in one round trip to a shared store."""
+        ...
+
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None, owner: str = "") -> None:
         """Store or replace a value; ttl_s=None never expires; owner="" tags no owner."""
         ...

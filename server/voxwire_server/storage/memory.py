@@ -92,6 +92,9 @@ class MemoryStore:
         self._touch(entry)
         return entry.value
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
+
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None, owner: str = "") -> None:
         self._check_open()
         check_ttl_s(ttl_s)

@@ -136,6 +136,17 @@ class RedisStore:
             value = await self._client.hget(self._values_prefix + key, "v")
         return value.encode() if isinstance(value, str) else value
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        await self._first_use()
+        with self._errors():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(self._values_prefix + key, "v")
+                values = await pipe.execute()
+        return [v.encode() if isinstance(v, str) else v for v in values]
+
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None, owner: str = "") -> None:
         check_ttl_s(ttl_s)
         await self._first_use()
