@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # every clone, with or without ../shared.
 SAMPLE_JFK = ROOT / "samples" / "jfk.flac"
 DATA_DIR = Path(os.environ.get("VOXWIRE_DATA_DIR", ROOT.parent / "shared" / "data" / "speech-dev"))
+# The sibling dev set (speech only: no noise clips, no pairs).
+DATA_DIR_2 = Path(os.environ.get("VOXWIRE_DATA_DIR_2", DATA_DIR.parent / "speech-dev-2"))
 
 
 @functools.cache
@@ -60,6 +62,16 @@ def require_data() -> Path:
     if (DATA_DIR / "manifest.jsonl").is_file():
         return DATA_DIR
     reason = f"speech-dev data not found at {DATA_DIR} (set VOXWIRE_DATA_DIR)"
+    if os.environ.get("VOXWIRE_REQUIRE_DATA") == "1":
+        pytest.fail(reason + " and VOXWIRE_REQUIRE_DATA=1")
+    pytest.skip(reason)
+
+
+def require_data_2() -> Path:
+    """The speech-dev-2 directory; skips (or fails with VOXWIRE_REQUIRE_DATA=1) when it is absent."""
+    if (DATA_DIR_2 / "manifest.jsonl").is_file():
+        return DATA_DIR_2
+    reason = f"speech-dev-2 data not found at {DATA_DIR_2} (set VOXWIRE_DATA_DIR_2)"
     if os.environ.get("VOXWIRE_REQUIRE_DATA") == "1":
         pytest.fail(reason + " and VOXWIRE_REQUIRE_DATA=1")
     pytest.skip(reason)
