@@ -45,6 +45,8 @@ bench: $(STAMP) ## Run the benchmarks (loopback only, bounded)
 	$(PY) benchmarks/recognize_latency.py
 	$(PY) benchmarks/stream_state.py
 	$(PY) benchmarks/resume.py
+	$(PY) benchmarks/fingerprint_quality.py
+	$(PY) benchmarks/cache_workload.py
 	$(PY) benchmarks/asr_load.py
 	$(PY) benchmarks/batch_scaling.py
 	$(PY) benchmarks/tts_load.py

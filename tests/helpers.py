@@ -57,24 +57,23 @@ def require_binary(command: str, package: str, require_variable: str) -> str:
     return binary
 
 
-def require_data() -> Path:
-    """The speech-dev directory; skips (or fails with VOXWIRE_REQUIRE_DATA=1) when it is absent."""
-    if (DATA_DIR / "manifest.jsonl").is_file():
-        return DATA_DIR
-    reason = f"speech-dev data not found at {DATA_DIR} (set VOXWIRE_DATA_DIR)"
+def _require(data: Path, variable: str) -> Path:
+    if (data / "manifest.jsonl").is_file():
+        return data
+    reason = f"{data.name} data not found at {data} (set {variable})"
     if os.environ.get("VOXWIRE_REQUIRE_DATA") == "1":
         pytest.fail(reason + " and VOXWIRE_REQUIRE_DATA=1")
     pytest.skip(reason)
+
+
+def require_data() -> Path:
+    """The speech-dev directory; skips (or fails with VOXWIRE_REQUIRE_DATA=1) when it is absent."""
+    return _require(DATA_DIR, "VOXWIRE_DATA_DIR")
 
 
 def require_data_2() -> Path:
     """The speech-dev-2 directory; skips (or fails with VOXWIRE_REQUIRE_DATA=1) when it is absent."""
-    if (DATA_DIR_2 / "manifest.jsonl").is_file():
-        return DATA_DIR_2
-    reason = f"speech-dev-2 data not found at {DATA_DIR_2} (set VOXWIRE_DATA_DIR_2)"
-    if os.environ.get("VOXWIRE_REQUIRE_DATA") == "1":
-        pytest.fail(reason + " and VOXWIRE_REQUIRE_DATA=1")
-    pytest.skip(reason)
+    return _require(DATA_DIR_2, "VOXWIRE_DATA_DIR_2")
 
 
 def speech_clips(ids: list[str]) -> list[Clip]:

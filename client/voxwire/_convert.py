@@ -78,6 +78,7 @@ _CACHE_STATUS_FROM_PB: dict[recognizer_pb2.CacheStatus.ValueType, CacheStatus] =
     recognizer_pb2.CACHE_STATUS_COMPONENT: CacheStatus.COMPONENT,
     recognizer_pb2.CACHE_STATUS_NEGATIVE: CacheStatus.NEGATIVE,
     recognizer_pb2.CACHE_STATUS_CORRECTION: CacheStatus.CORRECTION,
+    recognizer_pb2.CACHE_STATUS_SELF_ECHO: CacheStatus.SELF_ECHO,
 }
 _SYNTH_CACHE_FROM_PB: dict[synthesizer_pb2.SynthesisCacheStatus.ValueType, SynthesisCacheStatus] = {
     synthesizer_pb2.SYNTHESIS_CACHE_STATUS_UNSPECIFIED: SynthesisCacheStatus.NONE,
@@ -194,6 +195,7 @@ def result_from_pb(pb: recognizer_pb2.RecognitionResult) -> RecognitionResult:
         model_tier=_TIER_FROM_PB.get(pb.model_tier, ModelTier.DEFAULT),
         processing_latency_ms=pb.processing_latency_ms,
         end=_END_FROM_PB.get(pb.end, UtteranceEnd.UNSPECIFIED),
+        cache_key=pb.cache_key,
     )
 
 
@@ -408,7 +410,22 @@ def voices_from_pb(pb: synthesizer_pb2.ListVoicesResponse) -> list[Voice]:
 
 def stats_from_pb(pb: cache_admin_pb2.GetStatsResponse) -> ServerStats:
     return ServerStats(
-        tiers=tuple(CacheTierStats(t.tier, t.entries, t.hits, t.misses, t.bytes) for t in pb.tiers),
+        tiers=tuple(
+            CacheTierStats(
+                t.tier,
+                t.entries,
+                t.hits,
+                t.misses,
+                t.bytes,
+                tenant_id=t.tenant_id,
+                requests=t.requests,
+                model_seconds_saved=t.model_seconds_saved,
+                hit_latency_p50_ms=t.hit_latency_p50_ms,
+                miss_latency_p50_ms=t.miss_latency_p50_ms,
+                collisions=t.collisions,
+            )
+            for t in pb.tiers
+        ),
         uptime_s=pb.uptime_s,
         active_streams=pb.active_streams,
         recognize_requests=pb.recognize_requests,
@@ -417,6 +434,8 @@ def stats_from_pb(pb: cache_admin_pb2.GetStatsResponse) -> ServerStats:
         server_version=pb.server_version,
         asr_model=pb.asr_model,
         tts_model=pb.tts_model,
+        asr_model_bypass_ratio=pb.asr_model_bypass_ratio,
+        asr_model_version=pb.asr_model_version,
     )
 
 
@@ -441,15 +460,27 @@ def warmup_request(
 
 
 def correction_request(
-    af: AudioFile, corrected_transcript: str, tenant_id: str, user_id: str, request_id: str
+    af: AudioFile | None,
+    corrected_transcript: str,
+    tenant_id: str,
+    user_id: str,
+    request_id: str,
+    cache_key: str = "",
+    language: str = "",
 ) -> cache_admin_pb2.SubmitCorrectionRequest:
-    return cache_admin_pb2.SubmitCorrectionRequest(
+    if (af is None) == (not cache_key):
+        raise ValueError("give either the audio or a result's cache_key, not both")
+    request = cache_admin_pb2.SubmitCorrectionRequest(
         context=context_to_pb(tenant_id, user_id, CachePolicy.USE, request_id),
-        audio=af.data,
-        encoding=encoding_to_pb(af.encoding),
-        sample_rate_hz=af.sample_rate_hz if af.encoding is AudioEncoding.LINEAR16 else 0,
         corrected_transcript=corrected_transcript,
+        cache_key=cache_key,
+        language=language,
     )
+    if af is not None:
+        request.audio = af.data
+        request.encoding = encoding_to_pb(af.encoding)
+        request.sample_rate_hz = af.sample_rate_hz if af.encoding is AudioEncoding.LINEAR16 else 0
+    return request
 
 
 def health_modules() -> tuple[ModuleType, ModuleType]:

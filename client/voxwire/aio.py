@@ -473,10 +473,8 @@ class AsyncClient:
         return _convert.voices_from_pb(response)
 
     async def stats(self, tenant_id: str = "", *, timeout_s: float | None = None) -> ServerStats:
-        """Cache and request counters of the server.
-
-        ``tenant_id`` must be empty: one tenant's view is answered with
-        :class:`~voxwire.errors.UnimplementedError` until tenants come from credentials."""
+        """Cache and request counters of the server, with the recognition cache's rows per tier and
+        tenant. ``tenant_id`` narrows them to one tenant (a caller's own, or any for an operator)."""
         request = cache_admin_pb2.GetStatsRequest(tenant_id=tenant_id)
         try:
             response = await self._admin().GetStats(
@@ -524,9 +522,11 @@ class AsyncClient:
 
     async def submit_correction(
         self,
-        audio: AudioInput,
+        audio: AudioInput | None,
         corrected_transcript: str,
         *,
+        cache_key: str = "",
+        language: str = "",
         encoding: AudioEncoding | None = None,
         sample_rate_hz: int | None = None,
         tenant_id: str = "",
@@ -534,16 +534,20 @@ class AsyncClient:
         request_id: str = "",
         timeout_s: float | None = None,
     ) -> bool:
-        """Tells the server the right transcript of audio it got wrong; returns whether it was accepted.
+        """Tells the server the right transcript of an utterance it got wrong: later matching audio of
+        the tenant is answered with it (``CacheStatus.CORRECTION``). Returns whether it was accepted.
 
-        Servers without the recognition caches (this version) answer
-        :class:`~voxwire.errors.UnimplementedError`.
-
-        ``audio`` is a path, or bytes in ``encoding`` (with ``sample_rate_hz`` for LINEAR16).
+        ``audio`` is the utterance as a path, or bytes in ``encoding`` (with ``sample_rate_hz`` for
+        LINEAR16); or pass None and the ``cache_key`` of the final that was wrong. Servers without
+        the correction tier answer :class:`~voxwire.errors.UnimplementedError`.
         """
         config = RecognitionConfig(encoding=encoding, sample_rate_hz=sample_rate_hz)
-        af, _ = await asyncio.to_thread(_convert.load_audio, audio, config)
-        request = _convert.correction_request(af, corrected_transcript, tenant_id, user_id, request_id)
+        af = None
+        if audio is not None:
+            af, _ = await asyncio.to_thread(_convert.load_audio, audio, config)
+        request = _convert.correction_request(
+            af, corrected_transcript, tenant_id, user_id, request_id, cache_key, language
+        )
         try:
             response = await self._admin().SubmitCorrection(
                 request, timeout=self._deadline(timeout_s), metadata=self._metadata

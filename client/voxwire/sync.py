@@ -412,10 +412,8 @@ class Client:
         return _convert.voices_from_pb(response)
 
     def stats(self, tenant_id: str = "", *, timeout_s: float | None = None) -> ServerStats:
-        """Cache and request counters of the server.
-
-        ``tenant_id`` must be empty: one tenant's view is answered with
-        :class:`~voxwire.errors.UnimplementedError` until tenants come from credentials."""
+        """Cache and request counters of the server, with the recognition cache's rows per tier and
+        tenant. ``tenant_id`` narrows them to one tenant (a caller's own, or any for an operator)."""
         deadline = self._deadline(timeout_s)
         try:
             response = self._admin.GetStats(
@@ -463,9 +461,11 @@ class Client:
 
     def submit_correction(
         self,
-        audio: AudioInput,
+        audio: AudioInput | None,
         corrected_transcript: str,
         *,
+        cache_key: str = "",
+        language: str = "",
         encoding: AudioEncoding | None = None,
         sample_rate_hz: int | None = None,
         tenant_id: str = "",
@@ -473,18 +473,22 @@ class Client:
         request_id: str = "",
         timeout_s: float | None = None,
     ) -> bool:
-        """Tells the server the right transcript of audio it got wrong; returns whether it was accepted.
+        """Tells the server the right transcript of an utterance it got wrong: later matching audio of
+        the tenant is answered with it (``CacheStatus.CORRECTION``). Returns whether it was accepted.
 
-        Servers without the recognition caches (this version) answer
-        :class:`~voxwire.errors.UnimplementedError`.
-
-        ``audio`` is a path, or bytes in ``encoding`` (with ``sample_rate_hz`` for LINEAR16).
+        ``audio`` is the utterance as a path, or bytes in ``encoding`` (with ``sample_rate_hz`` for
+        LINEAR16); or pass None and the ``cache_key`` of the final that was wrong. Servers without
+        the correction tier answer :class:`~voxwire.errors.UnimplementedError`.
         """
         deadline = self._deadline(timeout_s)
-        af, _ = _convert.load_audio(
-            audio, RecognitionConfig(encoding=encoding, sample_rate_hz=sample_rate_hz)
+        af = None
+        if audio is not None:
+            af, _ = _convert.load_audio(
+                audio, RecognitionConfig(encoding=encoding, sample_rate_hz=sample_rate_hz)
+            )
+        request = _convert.correction_request(
+            af, corrected_transcript, tenant_id, user_id, request_id, cache_key, language
         )
-        request = _convert.correction_request(af, corrected_transcript, tenant_id, user_id, request_id)
         try:
             response = self._admin.SubmitCorrection(request, timeout=deadline, metadata=self._metadata)
         except grpc.RpcError as exc:

@@ -73,11 +73,18 @@ class CacheStatus(enum.StrEnum):
     NONE = "none"
     """No cache was consulted."""
     MISS = "miss"
+    """Consulted; the model decoded it."""
     EXACT = "exact"
+    """The same audio was decoded before."""
     FUZZY = "fuzzy"
+    """The same recording arrived again (re-encoded, noisier): matched by its fingerprint."""
     COMPONENT = "component"
     NEGATIVE = "negative"
+    """Audio that decoded to nothing before: dropped, the result has no alternatives."""
     CORRECTION = "correction"
+    """A transcript submitted with ``submit_correction``."""
+    SELF_ECHO = "self_echo"
+    """The server's own synthesized speech heard back: dropped, the result has no alternatives."""
 
 
 class SynthesisCacheStatus(enum.StrEnum):
@@ -211,6 +218,9 @@ class RecognitionResult:
     processing_latency_ms: float
     end: UtteranceEnd = UtteranceEnd.UNSPECIFIED
     """Finals: why the utterance ended there."""
+    cache_key: str = ""
+    """Finals a recognition cache was consulted for: pass it to ``submit_correction`` when the
+    transcript was wrong."""
 
     @property
     def transcript(self) -> str:
@@ -327,6 +337,15 @@ class CacheTierStats:
     hits: int
     misses: int
     size_bytes: int
+    tenant_id: str = ""
+    """Recognition tiers: the tenant of this row (one row per tier and tenant)."""
+    requests: int = 0
+    model_seconds_saved: float = 0.0
+    """Decoder time the hits did not spend."""
+    hit_latency_p50_ms: float = 0.0
+    miss_latency_p50_ms: float = 0.0
+    collisions: int = 0
+    """Fuzzy: times one entry answered many different recordings within a minute."""
 
     @property
     def hit_ratio(self) -> float | None:
@@ -348,6 +367,9 @@ class ServerStats:
     server_version: str
     asr_model: str
     tts_model: str
+    asr_model_bypass_ratio: float = 0.0
+    """Utterances answered or dropped by a recognition cache tier, of those looked up."""
+    asr_model_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,13 @@ import logging
 import secrets
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from voxwire_server.auth import ApiKeys
 from voxwire_server.caches.envelope import KEY_BYTES
+from voxwire_server.caches.keyring import Keyring
+from voxwire_server.caches.recognition import CacheObserver, Probe, RecognitionCache, RecognitionCacheSettings
 from voxwire_server.caches.synthesis import SynthesisCache
 from voxwire_server.config import ServerConfig
 from voxwire_server.domain import Endpointing, Tier
@@ -21,6 +26,7 @@ from voxwire_server.metrics import Telemetry
 from voxwire_server.sessions.admission import AdmissionConfig, CallLimits
 from voxwire_server.sessions.recognition import RecognitionLimits
 from voxwire_server.sessions.resumption import StateSettings, StreamStates
+from voxwire_server.sessions.revalidation import Revalidator
 from voxwire_server.sessions.runtime import Runtime
 from voxwire_server.sessions.synthesis import SynthesisLimits
 from voxwire_server.storage import StoreUnavailable, open_state_store, open_store
@@ -47,6 +53,47 @@ def build_cache(config: ServerConfig, telemetry: Telemetry) -> SynthesisCache | 
         value_key=value_key,  # None: derived from the key secret
         retired_value_keys=config.cache_value_old_keys,
     )
+
+
+class _CacheMetrics(CacheObserver):
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._t = telemetry
+
+    def lookup(self, tier: str, tenant_id: str, hit: bool, latency_s: float, saved_s: float) -> None:
+        outcome = "hit" if hit else "miss"
+        self._t.cache_requests.labels(tier, outcome).inc()
+        self._t.asr_cache_lookups.labels(tier, tenant_id, outcome).inc()
+        self._t.asr_cache_lookup_latency.labels(tier, outcome).observe(latency_s)
+        if saved_s:
+            self._t.asr_cache_saved.labels(tenant_id).inc(saved_s)
+
+    def collision(self, tier: str, tenant_id: str) -> None:
+        self._t.asr_cache_collisions.labels(tier, tenant_id).inc()
+
+
+def build_recognition_cache(
+    config: ServerConfig, keyring: Keyring, model_version: str, telemetry: Telemetry
+) -> RecognitionCache | None:
+    tiers = config.asr_cache_tier_set
+    fuzzy = config.asr_cache_fuzzy == "on"
+    if not tiers and not fuzzy:
+        return None
+    settings = RecognitionCacheSettings(
+        exact="exact" in tiers,
+        correction="correction" in tiers,
+        negative="negative" in tiers,
+        self_echo="self_echo" in tiers,
+        component="component" in tiers,
+        fuzzy=fuzzy,
+        exact_ttl_s=config.asr_cache_exact_ttl_s,
+        fuzzy_ttl_s=config.asr_cache_fuzzy_ttl_s,
+        negative_ttl_s=config.asr_cache_negative_ttl_s,
+        self_echo_ttl_s=config.asr_cache_self_echo_ttl_s,
+        correction_ttl_s=config.asr_cache_correction_ttl_s,
+        component_ttl_s=config.asr_cache_component_ttl_s,
+        stale_models=tuple(m.strip() for m in config.asr_cache_stale_models.split(",") if m.strip()),
+    )
+    return RecognitionCache(keyring, model_version, settings, observer=_CacheMetrics(telemetry))
 
 
 def build_stream_states(config: ServerConfig, telemetry: Telemetry) -> StreamStates | None:
@@ -167,6 +214,7 @@ class App:
         self._grpc: GrpcServer | None = None
         self._engines: tuple[WhisperRecognizer, HibariSynthesizer] | None = None
         self._metrics_server: Any = None
+        self._revalidator: Revalidator | None = None
 
     @property
     def port(self) -> int:
@@ -208,6 +256,24 @@ class App:
         # out of the collector's sight, a full collection takes ~0 ms instead of 30-40 ms, a pause
         # that every stream on the event loop would otherwise feel now and then.
         gc.freeze()
+        cache = self.runtime.synthesis_cache
+        recognizer = self._engines[0]
+        if cache is not None:
+            recognition = build_recognition_cache(
+                self.config, cache.keyring, recognizer.model_version, self.runtime.telemetry
+            )
+            if recognition is not None and recognition.settings.stale_models:
+                stale = self.runtime.telemetry.asr_cache_stale
+                self._revalidator = Revalidator(
+                    recognizer,
+                    recognition,
+                    self.runtime.recognition_limits,
+                    on_outcome=lambda outcome: stale.labels(outcome).inc(),
+                )
+                recognition.on_stale = self._served_stale
+                self._revalidator.start()
+            self.runtime.recognition_cache = recognition
+        log.info("recognition model version %s (what cache keys hold)", recognizer.model_version)
         self.runtime.set_engines(*self._engines)
         self.runtime.telemetry.watch_decoder(self._engines[0].batching)
         await self._grpc.set_serving(True)
@@ -250,6 +316,11 @@ class App:
         server, _thread = start_http_server(int(port), addr=host, registry=self.runtime.telemetry.registry)
         self._metrics_server = server
 
+    def _served_stale(self, probe: Probe, audio: npt.NDArray[np.int16]) -> None:
+        self.runtime.telemetry.asr_cache_stale.labels("served").inc()
+        if self._revalidator is not None:
+            self._revalidator.submit(probe, audio)
+
     async def wait(self) -> None:
         assert self._grpc is not None
         await self._grpc.server.wait_for_termination()
@@ -276,10 +347,15 @@ class App:
             if left > 0:
                 await asyncio.sleep(left)
             await self._grpc.server.stop(0)
+        if self._revalidator is not None:
+            await self._revalidator.aclose()
+            self._revalidator = None
         if self._engines is not None:
             for engine in self._engines:
                 await asyncio.to_thread(engine.close)
             self._engines = None
+        if self.runtime.recognition_cache is not None:
+            await self.runtime.recognition_cache.aclose()
         if self.runtime.synthesis_cache is not None:
             await self.runtime.synthesis_cache.store.aclose()
         if self.runtime.stream_states is not None:

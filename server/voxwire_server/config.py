@@ -53,6 +53,9 @@ def _per_core(threads_each: int, cap: int) -> int:
     return max(1, min(cap, len(os.sched_getaffinity(0)) // threads_each))
 
 
+_ASR_CACHE_TIERS = frozenset({"correction", "exact", "self_echo", "negative", "component"})
+
+
 def _opt(default: Any, help: str, *, secret: bool = False) -> Any:
     # A secret stays out of repr(config), so it cannot reach a log by way of the config.
     return field(default=default, metadata={"help": help}, repr=not secret)
@@ -161,6 +164,30 @@ class ServerConfig:
         secret=True,
     )
     tts_cache_ttl_s: float = _opt(900.0, "lifetime of personal (per-user) synthesis cache entries")
+    asr_cache_tiers: str = _opt(
+        "correction,exact,negative",
+        "recognition cache tiers in use, comma-separated, of correction, exact, negative, self_echo "
+        "(add it on a voice assistant's server: its own replies heard back are dropped), component "
+        "(encoder outputs) ('' = none; the fuzzy tier has its own flag)",
+    )
+    asr_cache_fuzzy: str = _opt(
+        "off", "on: answer the same recording arriving again (re-encoded, noisier) by its fingerprint"
+    )
+    asr_cache_exact_ttl_s: float = _opt(86_400.0, "lifetime of exact recognition cache entries")
+    asr_cache_fuzzy_ttl_s: float = _opt(3_600.0, "lifetime of fuzzy (fingerprint) recognition entries")
+    asr_cache_negative_ttl_s: float = _opt(
+        3_600.0, "lifetime of fingerprints of audio that decoded to nothing"
+    )
+    asr_cache_self_echo_ttl_s: float = _opt(
+        120.0, "how long speech synthesized for a tenant is listened for as self-echo"
+    )
+    asr_cache_correction_ttl_s: float = _opt(2_592_000.0, "lifetime of submitted corrections (30 days)")
+    asr_cache_stale_models: str = _opt(
+        "",
+        "comma-separated model versions (GetStats asr_model_version, or the start-up log) whose exact "
+        "entries still answer after an upgrade, each decoded again in the background",
+    )
+    asr_cache_component_ttl_s: float = _opt(600.0, "lifetime of cached encoder outputs")
     tts_stitch_context_words: int = _opt(
         3, "words of a cached template prefix synthesized again before the entities (prosody context)"
     )
@@ -279,6 +306,18 @@ class ServerConfig:
         return min(_GRPC_LIMIT_MAX_BYTES, self.max_request_bytes + _GRPC_LIMIT_SLACK_BYTES)
 
     @property
+    def asr_cache_tier_set(self) -> frozenset[str]:
+        """asr_cache_tiers as a set (ConfigError for a tier that does not exist)."""
+        tiers = frozenset(t.strip() for t in self.asr_cache_tiers.split(",") if t.strip())
+        unknown = sorted(tiers - _ASR_CACHE_TIERS)
+        if unknown:
+            raise ConfigError(
+                f"asr_cache_tiers: unknown tier {unknown[0]!r} (known: "
+                f"{', '.join(sorted(_ASR_CACHE_TIERS))}; the fuzzy tier is --asr-cache-fuzzy on)"
+            )
+        return tiers
+
+    @property
     def cache_value_key(self) -> bytes | None:
         """cache_encryption_key decoded (None: not given)."""
         if not self.cache_encryption_key:
@@ -395,6 +434,12 @@ class ServerConfig:
             ("cache_memory_mb", self.cache_memory_mb),
             ("cache_timeout_ms", self.cache_timeout_ms),
             ("tts_cache_ttl_s", self.tts_cache_ttl_s),
+            ("asr_cache_exact_ttl_s", self.asr_cache_exact_ttl_s),
+            ("asr_cache_fuzzy_ttl_s", self.asr_cache_fuzzy_ttl_s),
+            ("asr_cache_negative_ttl_s", self.asr_cache_negative_ttl_s),
+            ("asr_cache_self_echo_ttl_s", self.asr_cache_self_echo_ttl_s),
+            ("asr_cache_correction_ttl_s", self.asr_cache_correction_ttl_s),
+            ("asr_cache_component_ttl_s", self.asr_cache_component_ttl_s),
             ("tts_stitch_context_words", self.tts_stitch_context_words),
             ("tts_joint_max_pitch_st", self.tts_joint_max_pitch_st),
             ("tts_joint_max_step_db", self.tts_joint_max_step_db),
@@ -402,6 +447,9 @@ class ServerConfig:
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
         self._validate_state()
+        _ = self.asr_cache_tier_set
+        if self.asr_cache_fuzzy not in ("on", "off"):
+            raise ConfigError(f"asr_cache_fuzzy must be on or off, got {self.asr_cache_fuzzy!r}")
         if self.max_message_mb < 0:
             raise ConfigError("max_message_mb must not be negative (0 sizes it from max_clip_s)")
         if self.max_request_bytes > _GRPC_LIMIT_MAX_BYTES:

@@ -24,6 +24,24 @@ class CachePolicy(enum.Enum):
     DO_NOT_STORE = "do_not_store"
 
 
+class CacheStatus(enum.Enum):
+    """Which recognition cache tier answered a result."""
+
+    # No cache was consulted (caching off, BYPASS, or a partial).
+    NONE = "none"
+    # Consulted; the model decoded it.
+    MISS = "miss"
+    EXACT = "exact"
+    FUZZY = "fuzzy"
+    # The model decoded it, with an encoder output from the cache.
+    COMPONENT = "component"
+    # A fingerprint of audio that decoded to nothing before: dropped, no transcript.
+    NEGATIVE = "negative"
+    CORRECTION = "correction"
+    # The server's own synthesized speech heard back: dropped, no transcript.
+    SELF_ECHO = "self_echo"
+
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     tenant_id: str = ""
@@ -109,6 +127,9 @@ class Result:
     stability: float = 1.0
     # Finals: why the utterance ended (None on partials).
     end: UtteranceEnd | None = None
+    cache_status: CacheStatus = CacheStatus.NONE
+    # Finals a cache was consulted for: the utterance's audio key, for SubmitCorrection.
+    cache_key: str = ""
 
 
 class UtteranceEnd(enum.Enum):

@@ -119,6 +119,37 @@ class Telemetry:
         self.cache_requests = Counter(
             "voxwire_cache_requests", "cache lookups by tier and outcome", ["tier", "outcome"], registry=r
         )
+        self.asr_cache_lookups = Counter(
+            "voxwire_asr_cache_lookups",
+            "recognition cache lookups by tier, tenant and outcome (hit or miss)",
+            ["tier", "tenant", "outcome"],
+            registry=r,
+        )
+        self.asr_cache_lookup_latency = Histogram(
+            "voxwire_asr_cache_lookup_seconds",
+            "server-side time of a recognition cache lookup, by tier and outcome",
+            ["tier", "outcome"],
+            buckets=_QUEUE_BUCKETS_S,
+            registry=r,
+        )
+        self.asr_cache_saved = Counter(
+            "voxwire_asr_cache_model_seconds_saved",
+            "decoder time that recognition cache hits did not spend, by tenant",
+            ["tenant"],
+            registry=r,
+        )
+        self.asr_cache_collisions = Counter(
+            "voxwire_asr_cache_collisions",
+            "fuzzy entries that answered many different recordings within a minute",
+            ["tier", "tenant"],
+            registry=r,
+        )
+        self.asr_cache_stale = Counter(
+            "voxwire_asr_cache_stale",
+            "exact entries of an older model version: served, then refreshed, dropped (queue full) or failed",
+            ["outcome"],
+            registry=r,
+        )
         self.tts_streams = Gauge(
             "voxwire_tts_active_streams", "SynthesizeStream calls in progress", registry=r
         )

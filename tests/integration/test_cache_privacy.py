@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from tests.conftest import ServerThread, serve_in_thread
-from voxwire import AudioEncoding, Client, SynthesisCacheStatus
+from voxwire import AudioEncoding, Client, RecognitionConfig, SynthesisCacheStatus
 from voxwire_server.app import App
 from voxwire_server.caches.synthesis import CachedAudio, SynthesisCache, phrase_key, prefix_key
 from voxwire_server.config import ServerConfig
@@ -206,7 +206,20 @@ def test_the_servers_redis_holds_no_ids_text_phonemes_or_audio(
         assert other.cache_status is SynthesisCacheStatus.STITCHED
         # Without a user id, nothing of this user's is found, and nothing is stored.
         assert client.synthesize(SPOKEN, tenant_id=TENANT, **pcm).cache_status is SynthesisCacheStatus.MISS  # type: ignore[arg-type]
-        assert client.purge_user(TENANT, USER) == 4  # two replies, the prefix, the stitched reply
+        # Recognition entries hold no transcript in the clear either.
+        heard = client.recognize(
+            spoken.audio,
+            RecognitionConfig(
+                encoding=AudioEncoding.LINEAR16, sample_rate_hz=24000, tenant_id=TENANT, user_id=USER
+            ),
+        )
+        transcript = " ".join(r.transcript for r in heard.results)
+        assert "appointment" in transcript.lower()
+        assert sum(key.startswith(b"voxwire:v:asr.exact:") for key in keys_in(url)) == len(heard.results)
+        long_words = [w for w in transcript.split() if len(w) >= 6]
+        assert_nothing_in_the_clear(everything_in(url), [transcript, *long_words], [spoken.audio])
+        # Two replies, the prefix, the stitched reply and the recognition entries.
+        assert client.purge_user(TENANT, USER) == 4 + len(heard.results)
         assert [key for key in keys_in(url) if key.startswith(b"voxwire:v:")] == []
 
 

@@ -38,6 +38,8 @@ def batching_server() -> Iterator[RunningServer]:
             max_batch_wait_ms=2000,
             escalation_confidence=0.0,
             shutdown_grace_s=1.0,
+            # The same clip is sent again and again: it must reach the decoder every time.
+            asr_cache_tiers="",
         )
     )
     yield handle.running

@@ -10,7 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.conftest import RunningServer
 from tests.helpers import speech_clips
-from voxwire import AudioEncoding, Client, UnimplementedError
+from voxwire import AudioEncoding, Client, InvalidArgumentError
 
 SERVICES = {
     "voxwire.v1.Recognizer",
@@ -60,13 +60,21 @@ def test_stats_count_requests(client: Client) -> None:
     assert after.uptime_s > before.uptime_s
     assert "tiny.en" in after.asr_model
     assert after.tts_model.startswith("hibari")
-    assert {t.tier for t in after.tiers} == {
-        "tts.phrase.global", "tts.phrase.personal", "tts.prefix.global", "tts.prefix.personal"
-    }  # fmt: skip
+    synthesis = {t.tier for t in after.tiers if t.tier.startswith("tts.")}
+    assert synthesis == {
+        "tts.phrase.global",
+        "tts.phrase.personal",
+        "tts.prefix.global",
+        "tts.prefix.personal",
+    }
+    # The recognition tiers on by default, with this (anonymous) tenant's counters.
+    anonymous = {t.tier for t in after.tiers if t.tier.startswith("asr.") and t.tenant_id == ""}
+    assert anonymous == {"asr.correction", "asr.exact", "asr.negative"}
+    assert len(after.asr_model_version) == 16
 
 
-def test_correction_cache_says_it_is_not_built(client: Client) -> None:
-    with pytest.raises(UnimplementedError, match="SubmitCorrection"):
+def test_a_correction_of_silence_is_invalid(client: Client) -> None:
+    with pytest.raises(InvalidArgumentError, match="silent"):
         client.submit_correction(
             b"\x00" * 3200, "hello", encoding=AudioEncoding.LINEAR16, sample_rate_hz=16000
         )

@@ -75,6 +75,18 @@ async def test_get_many_answers_each_key_in_order(store: Store) -> None:
     assert await store.get_many([]) == []
 
 
+async def test_set_many_sets_each_value_with_one_ttl_and_no_owner(store: Store) -> None:
+    await store.set("n:owned", b"old", owner="kim")
+    await store.set_many([("n:owned", b"1"), ("n:new", b"2")], ttl_s=60)
+    assert await store.get_many(["n:owned", "n:new"]) == [b"1", b"2"]
+    assert await store.purge_owner("kim") == 0  # set again without an owner: no longer kim's
+    await store.set_many([("n:short", b"3")], ttl_s=0.2)
+    await wait_until_expired(store, "n:short")
+    await store.set_many([])
+    with pytest.raises(ValueError):
+        await store.set_many([("n:x", b"4")], ttl_s=0)
+
+
 async def test_add_stores_only_when_absent(store: Store) -> None:
     assert await store.add("secret", b"first")
     assert not await store.add("secret", b"second")

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import RunningServer, serve_in_thread
 from tests.helpers import SAMPLE_JFK, noise_clips, speech_clips, wer
-from voxwire import AudioEncoding, Client, ModelTier, RecognitionConfig
+from voxwire import AudioEncoding, CacheStatus, Client, ModelTier, RecognitionConfig
 from voxwire_server.config import ServerConfig
 from voxwire_server.domain import DecodeOptions
 from voxwire_server.engines.base import WindowRequest
@@ -36,8 +36,11 @@ def finals_text(client: Client, source: object, config: RecognitionConfig | None
 
 def test_noise_and_silence_produce_no_transcript(client: Client) -> None:
     for path in noise_clips():
-        assert client.recognize(str(path)).results == (), path.name
-        assert finals_text(client, str(path)) == "", path.name
+        # Heard again, noise is dropped by the negative cache: a result with no transcript.
+        results = client.recognize(str(path)).results
+        assert {r.cache_status for r in results} <= {CacheStatus.NEGATIVE}, path.name
+        assert all(r.transcript == "" for r in results), path.name
+        assert finals_text(client, str(path)).strip() == "", path.name
 
 
 def encoded(path: str, container: str, codec: str, rate: int, channels: int) -> bytes:
@@ -158,7 +161,9 @@ async def test_partials_get_the_words_of_their_text_unless_a_final_waits(
 def test_low_confidence_finals_escalate_to_the_accurate_tier() -> None:
     # Long utterances would go to the accurate tier without a fast decode: off, to count escalations.
     handle = serve_in_thread(
-        ServerConfig(listen="127.0.0.1:0", escalation_confidence=1.0, accurate_min_utterance_s=0)
+        ServerConfig(
+            listen="127.0.0.1:0", escalation_confidence=1.0, accurate_min_utterance_s=0, asr_cache_tiers=""
+        )
     )
     try:
         (clip,) = speech_clips([CLIP])

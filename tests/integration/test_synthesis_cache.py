@@ -10,17 +10,19 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import RunningServer, ServerThread, serve_in_thread
+from tests.helpers import jfk_pcm
 from tests.integration.test_cancellation import eventually
 from voxwire import (
     AsyncClient,
     AudioEncoding,
     CachePolicy,
+    CacheStatus,
     Client,
     InvalidArgumentError,
+    RecognitionConfig,
     ServerError,
     SynthesisCacheStatus,
     UnavailableError,
-    UnimplementedError,
 )
 from voxwire_server.config import ServerConfig
 
@@ -241,8 +243,12 @@ def test_a_cache_that_is_down_costs_a_miss_not_an_error() -> None:
                 client.stats()
             assert failed.value.code == "INTERNAL"
             assert "exploded" not in failed.value.details and "request id" in failed.value.details
-            # One tenant's view is not built yet, and says so rather than answering the totals.
-            with pytest.raises(UnimplementedError, match="GetStats for one tenant"):
-                client.stats("acme")
+            # Recognition goes on uncached (the store is down): transcripts, no cache tier, no error.
+            pcm = {"encoding": AudioEncoding.LINEAR16, "sample_rate_hz": 16000, "tenant_id": "acme"}
+            heard = client.recognize(jfk_pcm(), RecognitionConfig(**pcm))  # type: ignore[arg-type]
+            assert heard.results and "country" in heard.text
+            assert {r.cache_status for r in heard.results} == {CacheStatus.NONE}
+            # One tenant's view: its recognition rows (the lookups that could not reach the store).
+            assert {t.tenant_id for t in client.stats("acme").tiers} <= {"acme"}
     finally:
         handle.stop()

@@ -41,6 +41,11 @@ def test_flags_win_over_environment() -> None:
         (["--tts-workers", "-2"], "tts_workers must not be negative"),
         (["--max-message-mb", "-1"], "max_message_mb must not be negative"),
         (["--max-clip-s", "20000"], "over gRPC's 2 GiB message limit"),
+        (["--asr-cache-tiers", "exact,fuzzy"], "unknown tier 'fuzzy'.*--asr-cache-fuzzy on"),
+        (["--asr-cache-tiers", "exact,speedy"], "unknown tier 'speedy'"),
+        (["--asr-cache-fuzzy", "yes"], "asr_cache_fuzzy must be on or off"),
+        (["--asr-cache-exact-ttl-s", "0"], "asr_cache_exact_ttl_s must be positive"),
+        (["--asr-cache-self-echo-ttl-s", "-5"], "asr_cache_self_echo_ttl_s must be positive"),
     ],
 )
 def test_bad_values_raise_config_error(argv: list[str], message: str) -> None:
@@ -79,3 +84,10 @@ def test_the_cache_key_secret_is_checked_and_kept_out_of_repr() -> None:
     config = load_config([], environ={"VOXWIRE_CACHE_KEY_SECRET": "a long enough secret value"})
     assert config.cache_key_secret == "a long enough secret value"
     assert "a long enough secret value" not in repr(config)
+
+
+def test_recognition_cache_tiers_parse_to_a_set() -> None:
+    assert load_config([]).asr_cache_tier_set == {"correction", "exact", "negative"}
+    config = load_config(["--asr-cache-tiers", " exact , self_echo,component ", "--asr-cache-fuzzy", "on"])
+    assert config.asr_cache_tier_set == {"exact", "self_echo", "component"}
+    assert load_config(["--asr-cache-tiers", ""]).asr_cache_tier_set == frozenset()

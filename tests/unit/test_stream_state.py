@@ -12,6 +12,7 @@ from voxwire_server.domain import (
     Alternative,
     AudioFormat,
     CachePolicy,
+    CacheStatus,
     DecodeOptions,
     Encoding,
     Endpointing,
@@ -57,6 +58,8 @@ def _state() -> StreamState:
         tier=Tier.ACCURATE,
         processing_latency_ms=81.5,
         end=UtteranceEnd.SILENCE,
+        cache_status=CacheStatus.FUZZY,
+        cache_key="ab" * 32,
     )
     return StreamState(
         key="0123456789abcdef",

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from voxwire.v1 import common_pb2 as voxwire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvoxwire/v1/cache_admin.proto\x12\nvoxwire.v1\x1a\x17voxwire/v1/common.proto\"$\n\x0fGetStatsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\\\n\x0e\x43\x61\x63heTierStats\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x03\x12\x0c\n\x04hits\x18\x03 \x01(\x03\x12\x0e\n\x06misses\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\"\xfa\x01\n\x10GetStatsResponse\x12)\n\x05tiers\x18\x01 \x03(\x0b\x32\x1a.voxwire.v1.CacheTierStats\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12\x16\n\x0e\x61\x63tive_streams\x18\x03 \x01(\x03\x12\x1a\n\x12recognize_requests\x18\x04 \x01(\x03\x12\x1a\n\x12streaming_requests\x18\x05 \x01(\x03\x12\x1b\n\x13synthesize_requests\x18\x06 \x01(\x03\x12\x16\n\x0eserver_version\x18\x07 \x01(\t\x12\x11\n\tasr_model\x18\x08 \x01(\t\x12\x11\n\ttts_model\x18\t \x01(\t\"6\n\x10PurgeUserRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\",\n\x11PurgeUserResponse\x12\x17\n\x0f\x65ntries_removed\x18\x01 \x01(\x03\"\x9e\x01\n\rWarmupRequest\x12\x0f\n\x07phrases\x18\x01 \x03(\t\x12\x11\n\ttemplates\x18\x02 \x03(\t\x12\r\n\x05voice\x18\x03 \x01(\t\x12\x15\n\rspeaking_rate\x18\x04 \x01(\x02\x12+\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x19.voxwire.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x06 \x01(\x05\"B\n\x0eWarmupResponse\x12\x16\n\x0ephrases_cached\x18\x01 \x01(\x05\x12\x18\n\x10templates_cached\x18\x02 \x01(\x05\"\xb8\x01\n\x17SubmitCorrectionRequest\x12+\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1a.voxwire.v1.RequestContext\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12+\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x19.voxwire.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12\x1c\n\x14\x63orrected_transcript\x18\x05 \x01(\t\",\n\x18SubmitCorrectionResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x32\xbd\x02\n\nCacheAdmin\x12\x45\n\x08GetStats\x12\x1b.voxwire.v1.GetStatsRequest\x1a\x1c.voxwire.v1.GetStatsResponse\x12H\n\tPurgeUser\x12\x1c.voxwire.v1.PurgeUserRequest\x1a\x1d.voxwire.v1.PurgeUserResponse\x12?\n\x06Warmup\x12\x19.voxwire.v1.WarmupRequest\x1a\x1a.voxwire.v1.WarmupResponse\x12]\n\x10SubmitCorrection\x12#.voxwire.v1.SubmitCorrectionRequest\x1a$.voxwire.v1.SubmitCorrectionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvoxwire/v1/cache_admin.proto\x12\nvoxwire.v1\x1a\x17voxwire/v1/common.proto\"$\n\x0fGetStatsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"\xfe\x01\n\x0e\x43\x61\x63heTierStats\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x03\x12\x0c\n\x04hits\x18\x03 \x01(\x03\x12\x0e\n\x06misses\x18\x04 \x01(\x03\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\x12\x11\n\ttenant_id\x18\x06 \x01(\t\x12\x10\n\x08requests\x18\x07 \x01(\x03\x12\x11\n\thit_ratio\x18\x08 \x01(\x01\x12\x1b\n\x13model_seconds_saved\x18\t \x01(\x01\x12\x1a\n\x12hit_latency_p50_ms\x18\n \x01(\x01\x12\x1b\n\x13miss_latency_p50_ms\x18\x0b \x01(\x01\x12\x12\n\ncollisions\x18\x0c \x01(\x03\"\xb5\x02\n\x10GetStatsResponse\x12)\n\x05tiers\x18\x01 \x03(\x0b\x32\x1a.voxwire.v1.CacheTierStats\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12\x16\n\x0e\x61\x63tive_streams\x18\x03 \x01(\x03\x12\x1a\n\x12recognize_requests\x18\x04 \x01(\x03\x12\x1a\n\x12streaming_requests\x18\x05 \x01(\x03\x12\x1b\n\x13synthesize_requests\x18\x06 \x01(\x03\x12\x16\n\x0eserver_version\x18\x07 \x01(\t\x12\x11\n\tasr_model\x18\x08 \x01(\t\x12\x11\n\ttts_model\x18\t \x01(\t\x12\x1e\n\x16\x61sr_model_bypass_ratio\x18\n \x01(\x01\x12\x19\n\x11\x61sr_model_version\x18\x0b \x01(\t\"6\n\x10PurgeUserRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\",\n\x11PurgeUserResponse\x12\x17\n\x0f\x65ntries_removed\x18\x01 \x01(\x03\"\x9e\x01\n\rWarmupRequest\x12\x0f\n\x07phrases\x18\x01 \x03(\t\x12\x11\n\ttemplates\x18\x02 \x03(\t\x12\r\n\x05voice\x18\x03 \x01(\t\x12\x15\n\rspeaking_rate\x18\x04 \x01(\x02\x12+\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x19.voxwire.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x06 \x01(\x05\"B\n\x0eWarmupResponse\x12\x16\n\x0ephrases_cached\x18\x01 \x01(\x05\x12\x18\n\x10templates_cached\x18\x02 \x01(\x05\"\xdd\x01\n\x17SubmitCorrectionRequest\x12+\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1a.voxwire.v1.RequestContext\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12+\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x19.voxwire.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12\x1c\n\x14\x63orrected_transcript\x18\x05 \x01(\t\x12\x11\n\tcache_key\x18\x06 \x01(\t\x12\x10\n\x08language\x18\x07 \x01(\t\",\n\x18SubmitCorrectionResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x32\xbd\x02\n\nCacheAdmin\x12\x45\n\x08GetStats\x12\x1b.voxwire.v1.GetStatsRequest\x1a\x1c.voxwire.v1.GetStatsResponse\x12H\n\tPurgeUser\x12\x1c.voxwire.v1.PurgeUserRequest\x1a\x1d.voxwire.v1.PurgeUserResponse\x12?\n\x06Warmup\x12\x19.voxwire.v1.WarmupRequest\x1a\x1a.voxwire.v1.WarmupResponse\x12]\n\x10SubmitCorrection\x12#.voxwire.v1.SubmitCorrectionRequest\x1a$.voxwire.v1.SubmitCorrectionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +34,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETSTATSREQUEST']._serialized_start=69
   _globals['_GETSTATSREQUEST']._serialized_end=105
-  _globals['_CACHETIERSTATS']._serialized_start=107
-  _globals['_CACHETIERSTATS']._serialized_end=199
-  _globals['_GETSTATSRESPONSE']._serialized_start=202
-  _globals['_GETSTATSRESPONSE']._serialized_end=452
-  _globals['_PURGEUSERREQUEST']._serialized_start=454
-  _globals['_PURGEUSERREQUEST']._serialized_end=508
-  _globals['_PURGEUSERRESPONSE']._serialized_start=510
-  _globals['_PURGEUSERRESPONSE']._serialized_end=554
-  _globals['_WARMUPREQUEST']._serialized_start=557
-  _globals['_WARMUPREQUEST']._serialized_end=715
-  _globals['_WARMUPRESPONSE']._serialized_start=717
-  _globals['_WARMUPRESPONSE']._serialized_end=783
-  _globals['_SUBMITCORRECTIONREQUEST']._serialized_start=786
-  _globals['_SUBMITCORRECTIONREQUEST']._serialized_end=970
-  _globals['_SUBMITCORRECTIONRESPONSE']._serialized_start=972
-  _globals['_SUBMITCORRECTIONRESPONSE']._serialized_end=1016
-  _globals['_CACHEADMIN']._serialized_start=1019
-  _globals['_CACHEADMIN']._serialized_end=1336
+  _globals['_CACHETIERSTATS']._serialized_start=108
+  _globals['_CACHETIERSTATS']._serialized_end=362
+  _globals['_GETSTATSRESPONSE']._serialized_start=365
+  _globals['_GETSTATSRESPONSE']._serialized_end=674
+  _globals['_PURGEUSERREQUEST']._serialized_start=676
+  _globals['_PURGEUSERREQUEST']._serialized_end=730
+  _globals['_PURGEUSERRESPONSE']._serialized_start=732
+  _globals['_PURGEUSERRESPONSE']._serialized_end=776
+  _globals['_WARMUPREQUEST']._serialized_start=779
+  _globals['_WARMUPREQUEST']._serialized_end=937
+  _globals['_WARMUPRESPONSE']._serialized_start=939
+  _globals['_WARMUPRESPONSE']._serialized_end=1005
+  _globals['_SUBMITCORRECTIONREQUEST']._serialized_start=1008
+  _globals['_SUBMITCORRECTIONREQUEST']._serialized_end=1229
+  _globals['_SUBMITCORRECTIONRESPONSE']._serialized_start=1231
+  _globals['_SUBMITCORRECTIONRESPONSE']._serialized_end=1275
+  _globals['_CACHEADMIN']._serialized_start=1278
+  _globals['_CACHEADMIN']._serialized_end=1595
 # @@protoc_insertion_point(module_scope)

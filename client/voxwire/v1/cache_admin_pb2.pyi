@@ -25,8 +25,8 @@ class GetStatsRequest(_message.Message):
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
-    """Must be empty (the server's totals): one tenant's view is UNIMPLEMENTED until tenants come from
-    credentials.
+    """Empty: the server's totals and every tenant's recognition cache rows; otherwise one tenant's rows
+    (a caller's own tenant, or any tenant for an operator).
     """
     def __init__(
         self,
@@ -50,12 +50,33 @@ class CacheTierStats(_message.Message):
     HITS_FIELD_NUMBER: _builtins.int
     MISSES_FIELD_NUMBER: _builtins.int
     BYTES_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    HIT_RATIO_FIELD_NUMBER: _builtins.int
+    MODEL_SECONDS_SAVED_FIELD_NUMBER: _builtins.int
+    HIT_LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    MISS_LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    COLLISIONS_FIELD_NUMBER: _builtins.int
     tier: _builtins.str
     """e.g. "asr.exact", "tts.phrase"."""
     entries: _builtins.int
     hits: _builtins.int
     misses: _builtins.int
     bytes: _builtins.int
+    tenant_id: _builtins.str
+    """Recognition tiers: one row per tier and tenant with the counters below (counted by this server
+    since it started); entries and bytes are then those of the whole tier in the store.
+    """
+    requests: _builtins.int
+    hit_ratio: _builtins.float
+    """hits / requests."""
+    model_seconds_saved: _builtins.float
+    """Decoder time the hits did not spend (what the model took for those entries when they were made)."""
+    hit_latency_p50_ms: _builtins.float
+    """Server-side: a hit's lookup; a miss's decode (model time, not the lookup before it)."""
+    miss_latency_p50_ms: _builtins.float
+    collisions: _builtins.int
+    """Fuzzy: times one entry answered many different recordings within a minute (logged as a warning)."""
     def __init__(
         self,
         *,
@@ -64,10 +85,17 @@ class CacheTierStats(_message.Message):
         hits: _builtins.int = ...,
         misses: _builtins.int = ...,
         bytes: _builtins.int = ...,
+        tenant_id: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        hit_ratio: _builtins.float = ...,
+        model_seconds_saved: _builtins.float = ...,
+        hit_latency_p50_ms: _builtins.float = ...,
+        miss_latency_p50_ms: _builtins.float = ...,
+        collisions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "entries", b"entries", "hits", b"hits", "misses", b"misses", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "collisions", b"collisions", "entries", b"entries", "hit_latency_p50_ms", b"hit_latency_p50_ms", "hit_ratio", b"hit_ratio", "hits", b"hits", "miss_latency_p50_ms", b"miss_latency_p50_ms", "misses", b"misses", "model_seconds_saved", b"model_seconds_saved", "requests", b"requests", "tenant_id", b"tenant_id", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -86,6 +114,8 @@ class GetStatsResponse(_message.Message):
     SERVER_VERSION_FIELD_NUMBER: _builtins.int
     ASR_MODEL_FIELD_NUMBER: _builtins.int
     TTS_MODEL_FIELD_NUMBER: _builtins.int
+    ASR_MODEL_BYPASS_RATIO_FIELD_NUMBER: _builtins.int
+    ASR_MODEL_VERSION_FIELD_NUMBER: _builtins.int
     uptime_s: _builtins.float
     active_streams: _builtins.int
     recognize_requests: _builtins.int
@@ -94,6 +124,10 @@ class GetStatsResponse(_message.Message):
     server_version: _builtins.str
     asr_model: _builtins.str
     tts_model: _builtins.str
+    asr_model_bypass_ratio: _builtins.float
+    """Utterances answered or dropped by a recognition cache tier, of those looked up (0..1)."""
+    asr_model_version: _builtins.str
+    """The hash of the recognition model's weights that cache keys include."""
     @_builtins.property
     def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheTierStats]: ...
     def __init__(
@@ -108,10 +142,12 @@ class GetStatsResponse(_message.Message):
         server_version: _builtins.str = ...,
         asr_model: _builtins.str = ...,
         tts_model: _builtins.str = ...,
+        asr_model_bypass_ratio: _builtins.float = ...,
+        asr_model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "asr_model", b"asr_model", "recognize_requests", b"recognize_requests", "server_version", b"server_version", "streaming_requests", b"streaming_requests", "synthesize_requests", b"synthesize_requests", "tiers", b"tiers", "tts_model", b"tts_model", "uptime_s", b"uptime_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_streams", b"active_streams", "asr_model", b"asr_model", "asr_model_bypass_ratio", b"asr_model_bypass_ratio", "asr_model_version", b"asr_model_version", "recognize_requests", b"recognize_requests", "server_version", b"server_version", "streaming_requests", b"streaming_requests", "synthesize_requests", b"synthesize_requests", "tiers", b"tiers", "tts_model", b"tts_model", "uptime_s", b"uptime_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -225,11 +261,19 @@ class SubmitCorrectionRequest(_message.Message):
     ENCODING_FIELD_NUMBER: _builtins.int
     SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
     CORRECTED_TRANSCRIPT_FIELD_NUMBER: _builtins.int
+    CACHE_KEY_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
     audio: _builtins.bytes
-    """The audio that was misrecognised, in config encoding, or the stream and utterance it was."""
+    """The utterance's audio as it was recognised, in encoding (WAV, FLAC, OGG_OPUS, or LINEAR16 at
+    sample_rate_hz); or leave it empty and give cache_key.
+    """
     encoding: _common_pb2.AudioEncoding.ValueType
     sample_rate_hz: _builtins.int
     corrected_transcript: _builtins.str
+    cache_key: _builtins.str
+    """The cache_key of the result that was wrong (in place of the audio)."""
+    language: _builtins.str
+    """The language the audio was recognised in; "" means "en"."""
     @_builtins.property
     def context(self) -> _common_pb2.RequestContext: ...
     def __init__(
@@ -240,10 +284,12 @@ class SubmitCorrectionRequest(_message.Message):
         encoding: _common_pb2.AudioEncoding.ValueType = ...,
         sample_rate_hz: _builtins.int = ...,
         corrected_transcript: _builtins.str = ...,
+        cache_key: _builtins.str = ...,
+        language: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "context", b"context", "corrected_transcript", b"corrected_transcript", "encoding", b"encoding", "sample_rate_hz", b"sample_rate_hz"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "cache_key", b"cache_key", "context", b"context", "corrected_transcript", b"corrected_transcript", "encoding", b"encoding", "language", b"language", "sample_rate_hz", b"sample_rate_hz"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,8 +82,8 @@ class CacheAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitCorrection(self, request, context):
-        """Records the right transcript for audio the recognizer got wrong. UNIMPLEMENTED until the
-        recognition caches exist.
+        """Records the right transcript for audio the recognizer got wrong: later matching audio of the
+        tenant is answered with it (cache_status CORRECTION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

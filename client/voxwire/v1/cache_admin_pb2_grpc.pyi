@@ -39,8 +39,8 @@ class CacheAdminStub:
     Warmup: _grpc.UnaryUnaryMultiCallable[_cache_admin_pb2.WarmupRequest, _cache_admin_pb2.WarmupResponse]
     """Precomputes phrases (and template prefixes) into the global synthesis cache."""
     SubmitCorrection: _grpc.UnaryUnaryMultiCallable[_cache_admin_pb2.SubmitCorrectionRequest, _cache_admin_pb2.SubmitCorrectionResponse]
-    """Records the right transcript for audio the recognizer got wrong. UNIMPLEMENTED until the
-    recognition caches exist.
+    """Records the right transcript for audio the recognizer got wrong: later matching audio of the
+    tenant is answered with it (cache_status CORRECTION).
     """
 
 @_typing.type_check_only
@@ -54,8 +54,8 @@ class CacheAdminAsyncStub(CacheAdminStub):
     Warmup: _aio.UnaryUnaryMultiCallable[_cache_admin_pb2.WarmupRequest, _cache_admin_pb2.WarmupResponse]  # type: ignore[assignment]
     """Precomputes phrases (and template prefixes) into the global synthesis cache."""
     SubmitCorrection: _aio.UnaryUnaryMultiCallable[_cache_admin_pb2.SubmitCorrectionRequest, _cache_admin_pb2.SubmitCorrectionResponse]  # type: ignore[assignment]
-    """Records the right transcript for audio the recognizer got wrong. UNIMPLEMENTED until the
-    recognition caches exist.
+    """Records the right transcript for audio the recognizer got wrong: later matching audio of the
+    tenant is answered with it (cache_status CORRECTION).
     """
 
 class CacheAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -90,8 +90,8 @@ class CacheAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _cache_admin_pb2.SubmitCorrectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cache_admin_pb2.SubmitCorrectionResponse, _abc.Awaitable[_cache_admin_pb2.SubmitCorrectionResponse]]:
-        """Records the right transcript for audio the recognizer got wrong. UNIMPLEMENTED until the
-        recognition caches exist.
+        """Records the right transcript for audio the recognizer got wrong: later matching audio of the
+        tenant is answered with it (cache_status CORRECTION).
         """
 
 def add_CacheAdminServicer_to_server(servicer: CacheAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

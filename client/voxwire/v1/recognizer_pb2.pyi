@@ -50,25 +50,49 @@ class _CacheStatus:
 class _CacheStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CACHE_STATUS_UNSPECIFIED: _CacheStatus.ValueType  # 0
-    """No cache was consulted (caching disabled, bypassed, or not available for this request)."""
+    """No cache was consulted (caching disabled, bypassed, a partial, or not available for this request)."""
     CACHE_STATUS_MISS: _CacheStatus.ValueType  # 1
+    """Consulted; the model decoded it."""
     CACHE_STATUS_EXACT: _CacheStatus.ValueType  # 2
+    """The same audio (samples, model version, decode options) was decoded before."""
     CACHE_STATUS_FUZZY: _CacheStatus.ValueType  # 3
+    """The same recording arrived again (re-encoded, noisier, louder): matched by its fingerprint."""
     CACHE_STATUS_COMPONENT: _CacheStatus.ValueType  # 4
+    """Reserved: the model decoded it with a cached encoder output."""
     CACHE_STATUS_NEGATIVE: _CacheStatus.ValueType  # 5
+    """A recording that decoded to nothing before (noise, a TV, a false trigger): dropped before the
+    model; the result has no alternatives.
+    """
     CACHE_STATUS_CORRECTION: _CacheStatus.ValueType  # 6
+    """A user of the tenant submitted this transcript for this audio (CacheAdmin.SubmitCorrection)."""
+    CACHE_STATUS_SELF_ECHO: _CacheStatus.ValueType  # 7
+    """The server's own synthesized speech heard back through a speaker: dropped before the model;
+    the result has no alternatives.
+    """
 
 class CacheStatus(_CacheStatus, metaclass=_CacheStatusEnumTypeWrapper):
     """Which cache tier answered a result."""
 
 CACHE_STATUS_UNSPECIFIED: CacheStatus.ValueType  # 0
-"""No cache was consulted (caching disabled, bypassed, or not available for this request)."""
+"""No cache was consulted (caching disabled, bypassed, a partial, or not available for this request)."""
 CACHE_STATUS_MISS: CacheStatus.ValueType  # 1
+"""Consulted; the model decoded it."""
 CACHE_STATUS_EXACT: CacheStatus.ValueType  # 2
+"""The same audio (samples, model version, decode options) was decoded before."""
 CACHE_STATUS_FUZZY: CacheStatus.ValueType  # 3
+"""The same recording arrived again (re-encoded, noisier, louder): matched by its fingerprint."""
 CACHE_STATUS_COMPONENT: CacheStatus.ValueType  # 4
+"""Reserved: the model decoded it with a cached encoder output."""
 CACHE_STATUS_NEGATIVE: CacheStatus.ValueType  # 5
+"""A recording that decoded to nothing before (noise, a TV, a false trigger): dropped before the
+model; the result has no alternatives.
+"""
 CACHE_STATUS_CORRECTION: CacheStatus.ValueType  # 6
+"""A user of the tenant submitted this transcript for this audio (CacheAdmin.SubmitCorrection)."""
+CACHE_STATUS_SELF_ECHO: CacheStatus.ValueType  # 7
+"""The server's own synthesized speech heard back through a speaker: dropped before the model;
+the result has no alternatives.
+"""
 Global___CacheStatus: _TypeAlias = CacheStatus  # noqa: Y015
 
 class _UtteranceEnd:
@@ -456,6 +480,7 @@ class RecognitionResult(_message.Message):
     MODEL_TIER_FIELD_NUMBER: _builtins.int
     PROCESSING_LATENCY_MS_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
+    CACHE_KEY_FIELD_NUMBER: _builtins.int
     is_final: _builtins.bool
     stability: _builtins.float
     """0..1 estimate that a partial result will not change; 1 for finals."""
@@ -470,6 +495,11 @@ class RecognitionResult(_message.Message):
     """Time from the audio being available to this result being ready."""
     end: Global___UtteranceEnd.ValueType
     """Finals: why the utterance ended here."""
+    cache_key: _builtins.str
+    """Finals a recognition cache was consulted for: the tenant's key of this utterance's audio, which
+    CacheAdmin.SubmitCorrection takes in place of the audio. Opaque (an HMAC): it says nothing of
+    the audio.
+    """
     @_builtins.property
     def alternatives(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpeechRecognitionAlternative]: ...
     def __init__(
@@ -485,10 +515,11 @@ class RecognitionResult(_message.Message):
         model_tier: Global___ModelTier.ValueType = ...,
         processing_latency_ms: _builtins.float = ...,
         end: Global___UtteranceEnd.ValueType = ...,
+        cache_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "audio_end_ms", b"audio_end_ms", "audio_start_ms", b"audio_start_ms", "cache_status", b"cache_status", "end", b"end", "is_final", b"is_final", "model_tier", b"model_tier", "processing_latency_ms", b"processing_latency_ms", "stability", b"stability", "utterance_index", b"utterance_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "audio_end_ms", b"audio_end_ms", "audio_start_ms", b"audio_start_ms", "cache_key", b"cache_key", "cache_status", b"cache_status", "end", b"end", "is_final", b"is_final", "model_tier", b"model_tier", "processing_latency_ms", b"processing_latency_ms", "stability", b"stability", "utterance_index", b"utterance_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,6 +31,7 @@ __all__ = [
     "find_within",
     "fingerprint",
     "index_keys",
+    "lsh_keys",
     "match",
     "probe_keys",
 ]
@@ -266,6 +267,7 @@ def _table_weights() -> npt.NDArray[np.uint64]:
 
 
 _TABLE_WEIGHTS = _table_weights()
+_TABLE_WEIGHTS_F = _TABLE_WEIGHTS.astype(np.float64)
 _TABLE_IDS = np.arange(TABLES, dtype=np.uint64) << np.uint64(KEY_BITS)
 _BIT_SHIFTS = np.arange(BAND_COUNT - 1, dtype=np.uint32)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -280,7 +282,8 @@ def _mix(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         return z ^ (z >> np.uint64(31))
 
 
-def _smallest_keys(fp: Fingerprint, per_table: int) -> list[int]:
+def _smallest_keys(fp: Fingerprint, per_table: int) -> list[list[int]]:
+    """Per table, its per_table smallest distinct keys, ascending (the first ones are the min-hash)."""
     words = fp.frames
     if not _usable(fp, MIN_MATCH_FRAMES):
         return []
@@ -288,22 +291,34 @@ def _smallest_keys(fp: Fingerprint, per_table: int) -> list[int]:
     a, b, c = words[:-2], words[1:-1], words[2:]
     smoothed = (a & b) | (a & c) | (b & c)
     smoothed = smoothed[smoothed != 0]  # silence: a key every silent stretch would share
-    bits = ((smoothed[:, None] >> _BIT_SHIFTS) & np.uint32(1)).astype(np.uint64)
-    hashed = _mix((bits @ _TABLE_WEIGHTS) | _TABLE_IDS)  # (words, TABLES); distinct keys stay distinct
-    keys: list[int] = []
-    for table in range(TABLES):
-        # The per_table smallest distinct hashes of the table's keys (min-hash); their top 40 bits.
-        keys.extend(int(h) >> (64 - _KEY_ID_BITS) for h in np.unique(hashed[:, table])[:per_table])
-    return keys
+    if smoothed.size == 0:
+        return []
+    bits = ((smoothed[:, None] >> _BIT_SHIFTS) & np.uint32(1)).astype(np.float64)
+    # Keys below 2**KEY_BITS are exact in float64, where the product runs on BLAS (an integer one does not).
+    tables = (bits @ _TABLE_WEIGHTS_F).astype(np.uint64)
+    hashed = np.sort(_mix(tables | _TABLE_IDS), axis=0)  # (words, TABLES); distinct keys stay distinct
+    fresh = np.ones(hashed.shape, bool)
+    fresh[1:] = hashed[1:] != hashed[:-1]
+    # The top 40 bits of each hash.
+    return [
+        [int(h) >> (64 - _KEY_ID_BITS) for h in hashed[:, t][fresh[:, t]][:per_table]] for t in range(TABLES)
+    ]
+
+
+def lsh_keys(fp: Fingerprint) -> tuple[list[int], list[int]]:
+    """(index_keys(fp), probe_keys(fp)) for the work of one."""
+    tables = _smallest_keys(fp, max(INDEX_PER_TABLE, PROBE_PER_TABLE))
+    index = [k for keys in tables for k in keys[:INDEX_PER_TABLE]]
+    return index, [k for keys in tables for k in keys[:PROBE_PER_TABLE]]
 
 
 def index_keys(fp: Fingerprint) -> list[int]:
     """LSH bucket ids (< 2**40, table id mixed in) an entry is stored under: at most TABLES *
     INDEX_PER_TABLE (24)."""
-    return _smallest_keys(fp, INDEX_PER_TABLE)
+    return lsh_keys(fp)[0]
 
 
 def probe_keys(fp: Fingerprint) -> list[int]:
     """The bucket ids a query looks up: its PROBE_PER_TABLE smallest per table (at most 96), a superset
     of its own index keys, so a copy whose minimum moved by a key or two still meets the entry."""
-    return _smallest_keys(fp, PROBE_PER_TABLE)
+    return lsh_keys(fp)[1]

@@ -199,6 +199,12 @@ class Keyring:
         """Seals and stores a value. Raises StoreUnavailable."""
         await self.write_packed(store_key, pack(value), ttl_s=ttl_s, owner=owner)
 
+    async def write_many(self, items: Sequence[tuple[str, Any]], *, ttl_s: float | None) -> None:
+        """Seals and stores several values without an owner, in one round trip. Raises StoreUnavailable."""
+        sealer = await self.sealer()
+        sealed = [(key, sealer.seal(pack(value), key)) for key, value in items]
+        await self._store.set_many(sealed, ttl_s=ttl_s)
+
     async def write_packed(
         self, store_key: str, plaintext: bytes, *, ttl_s: float | None, owner: str
     ) -> None:

@@ -23,6 +23,8 @@ class SpeechRecognizer(Protocol):
     """Decodes 16 kHz mono float32 audio off the event loop."""
 
     model_name: str
+    # A hash of the weights (and of the settings that change text): what recognition cache keys hold.
+    model_version: str
 
     def check_language(self, language: str) -> str:
         """The model's code for a BCP-47 language; InvalidInput when the model does not know it."""
@@ -142,6 +144,11 @@ class WindowRequest:
     context: str = ""
     # Set by the recognizer: a final is trimmed of words echoed into the padding.
     final: bool = False
+    # The encoder output of this audio on this tier's window, from the recognition cache: the encoder
+    # is skipped (an engine that cannot use it, or one of another shape, encodes as usual).
+    encoder_output: npt.NDArray[np.float32] | None = None
+    # Hand the encoder output back (WindowResult.encoder_output) for the cache to keep.
+    keep_encoder_output: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,3 +157,7 @@ class WindowResult:
     # Why the decoder's text was dropped, if it was: "no_speech" or "repetition".
     rejected: str = ""
     no_speech_prob: float = 0.0
+    # The request's encoder output (float32, as the encoder made it) when it asked to keep it.
+    encoder_output: npt.NDArray[np.float32] | None = None
+    # The request's encoder_output was used: the encoder did not run for it.
+    encoder_reused: bool = False

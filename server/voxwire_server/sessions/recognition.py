@@ -14,14 +14,17 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from voxwire_server.caches.recognition import Probe, RecognitionCache
 from voxwire_server.config import CLIP_BYTES_PER_S, REQUEST_OVERHEAD_BYTES
 from voxwire_server.domain import (
     Alternative,
     AudioChunk,
+    CacheStatus,
     DecodeOptions,
     Encoding,
     EndOfAudio,
     RecognitionOptions,
+    RequestContext,
     Result,
     Resumability,
     Resumed,
@@ -157,9 +160,24 @@ class PreviousText:
         self._text, self._end = text[-_CONTEXT_CHARS:], end
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """An utterance's final as the model or a cache tier gave it."""
+
+    result: WindowResult
+    tier: Tier
+    cache_status: CacheStatus = CacheStatus.NONE
+    cache_key: str = ""
+
+    @property
+    def dropped(self) -> bool:
+        """A cache tier dropped it before the model (its own voice heard back, or known noise)."""
+        return self.cache_status in (CacheStatus.NEGATIVE, CacheStatus.SELF_ECHO)
+
+
 class Utterances:
     """Decodes the utterances of one stream (or clip) in order, each with the text before it as
-    context."""
+    context, answering from the recognition cache first when there is one."""
 
     def __init__(
         self,
@@ -167,25 +185,60 @@ class Utterances:
         options: DecodeOptions,
         limits: RecognitionLimits,
         shedding: LoadShedding | None = None,
+        cache: RecognitionCache | None = None,
+        context: RequestContext | None = None,
     ) -> None:
         self._recognizer = recognizer
         self._options = options
         self._limits = limits
         self._shedding = shedding
+        self._cache = cache
+        self._request = context or RequestContext()
         self.previous = PreviousText(limits.context_gap_s)
 
     def context(self, start: int) -> str:
         """The previous text of an utterance (or of the part heard so far) starting at ``start``."""
         return self.previous.before(start)
 
-    async def final(self, event: UtteranceEnded) -> tuple[WindowResult, Tier]:
-        """The utterance's final and the tier that decoded it."""
+    async def final(self, event: UtteranceEnded) -> Decoded:
+        """The utterance's final, the tier that decoded it and the cache tier that answered."""
         start, end = event.audio_start, event.audio_start + event.audio.size
+        lookup = None
+        if self._cache is not None:
+            lookup = await self._cache.lookup(event.audio, self._options, self._request)
+            if lookup.answered:
+                if lookup.alternatives:
+                    self.previous.add(lookup.alternatives[0].text, start, end)
+                return Decoded(
+                    WindowResult(lookup.alternatives), lookup.tier, lookup.status, lookup.audio_key
+                )
         request = WindowRequest(pcm16_to_float(event.audio), self._options, context=self.context(start))
-        decoded, tier = await decode_final(self._recognizer, request, self._limits, self._shedding)
+        probe = None if lookup is None else lookup.probe
+        encoder = None
+        if self._cache is not None and probe is not None and self._cache.settings.component:
+            encoder = _CachedEncoderOutputs(self._cache, probe)
+        started = time.perf_counter()
+        decoded, tier = await decode_final(self._recognizer, request, self._limits, self._shedding, encoder)
         if decoded.alternatives:
             self.previous.add(decoded.alternatives[0].text, start, end)
-        return decoded, tier
+        if self._cache is None or probe is None:
+            return Decoded(decoded, tier)
+        # The exact entry before the final goes out (a retry right after it hits); the fingerprint's
+        # buckets after.
+        await self._cache.store(probe, decoded, tier, time.perf_counter() - started, index_later=True)
+        status = CacheStatus.COMPONENT if decoded.encoder_reused else CacheStatus.MISS
+        return Decoded(decoded, tier, status, probe.audio_key)
+
+
+class _CachedEncoderOutputs:
+    def __init__(self, cache: RecognitionCache, probe: Probe) -> None:
+        self._cache, self._probe = cache, probe
+
+    async def get(self, tier: Tier) -> npt.NDArray[np.float32] | None:
+        return await self._cache.encoder_output(self._probe, tier)
+
+    async def put(self, tier: Tier, output: npt.NDArray[np.float32]) -> None:
+        await self._cache.store_encoder_output(self._probe, tier, output)
 
 
 def check_options(recognizer: SpeechRecognizer, options: RecognitionOptions) -> None:
@@ -217,6 +270,7 @@ async def recognize_clip(
     options: RecognitionOptions,
     limits: RecognitionLimits,
     shedding: LoadShedding | None = None,
+    cache: RecognitionCache | None = None,
 ) -> tuple[list[Result], int]:
     """Decodes a whole clip; returns one final per utterance and the clip's duration in ms.
 
@@ -240,7 +294,7 @@ async def recognize_clip(
     # Up to max_clip_s of audio through the endpointer: work for a thread, not the event loop.
     utterances = await asyncio.to_thread(_utterances, endpointer, samples)
     # One after another: each utterance is decoded with what was said before it.
-    decoder = Utterances(recognizer, options.decode, limits, shedding)
+    decoder = Utterances(recognizer, options.decode, limits, shedding, cache, options.context)
     decoded = [await decoder.final(u) for u in utterances]
     latency_ms = (time.perf_counter() - started) * 1000
     results = [
@@ -249,12 +303,11 @@ async def recognize_clip(
             offset_samples=u.audio_start,
             end_samples=u.audio_start + u.audio.size,
             index=i,
-            tier=tier,
             latency_ms=latency_ms,
             end=u.end,
         )
-        for i, (u, (d, tier)) in enumerate(zip(utterances, decoded, strict=True))
-        if d.alternatives
+        for i, (u, d) in enumerate(zip(utterances, decoded, strict=True))
+        if d.result.alternatives or d.dropped
     ]
     return [replace(r, utterance_index=i) for i, r in enumerate(results)], duration_ms
 
@@ -327,12 +380,14 @@ class RecognitionStream:
         stop: asyncio.Event | None = None,
         states: StreamStates | None = None,
         resumed: Resumption | None = None,
+        cache: RecognitionCache | None = None,
     ) -> None:
         """clock: what arrival times and result latencies are measured with; shedding: asked before
         each partial (and escalation) whether to skip it; stop: set when the server drains: the
         stream stops reading and ends with Unavailable, after writing its state if it is resumable
         (to be resumed elsewhere) or else sending the finals of what it heard; states: where the
-        stream's state is written (None: not resumable); resumed: the state it goes on from."""
+        stream's state is written (None: not resumable); resumed: the state it goes on from; cache:
+        the recognition cache its finals are looked up in first."""
         if start.resume_token and resumed is None:
             raise NotImplementedCapability(
                 "stream resumption: this server keeps no stream state (--state off)"
@@ -356,7 +411,7 @@ class RecognitionStream:
         self._last_partial_at = 0
         self._partial_interval = limits.partial_interval_ms * ASR_SAMPLE_RATE_HZ // 1000
         self._agreement = LocalAgreement(min_probability=limits.partial_commit_probability)
-        self._utterances = Utterances(recognizer, options.decode, limits, shedding)
+        self._utterances = Utterances(recognizer, options.decode, limits, shedding, cache, options.context)
         self._clock = clock
         self._shedding = shedding
         self._limit: _LimitReached | None = None
@@ -801,17 +856,16 @@ class RecognitionStream:
         # The final decodes freely and replaces the partials: committed words steady the partials,
         # but forcing them on the final cost accuracy.
         self._agreement.reset()
-        decoded, tier = await self._utterances.final(event)
+        decoded = await self._utterances.final(event)
         end = event.audio_start + event.audio.size
         self._committed_ms = _ms(end)
-        if not decoded.alternatives:
+        if not (decoded.result.alternatives or decoded.dropped):
             return None
         return _result(
             decoded,
             offset_samples=event.audio_start,
             end_samples=end,
             index=event.utterance_index,
-            tier=tier,
             latency_ms=(self._clock() - arrived) * 1000,
             end=self._end_of(event),
         )
@@ -863,11 +917,10 @@ class RecognitionStream:
         text, stability = self._agreement.update(decoded.alternatives[0])
         best = replace(decoded.alternatives[0], text=text, words=())
         result = _result(
-            replace(decoded, alternatives=(best,)),
+            Decoded(replace(decoded, alternatives=(best,)), Tier.FAST),
             offset_samples=start,
             end_samples=start + audio.size,
             index=index,
-            tier=Tier.FAST,
             latency_ms=(self._clock() - started) * 1000,
             end=None,
         )
@@ -922,31 +975,52 @@ def _leaves_of(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bo
     return isinstance(exc, kinds)
 
 
+class EncoderOutputs(Protocol):
+    """Encoder outputs of one utterance's audio kept between requests (the component cache tier)."""
+
+    async def get(self, tier: Tier) -> npt.NDArray[np.float32] | None: ...
+
+    async def put(self, tier: Tier, output: npt.NDArray[np.float32]) -> None: ...
+
+
 async def decode_final(
     recognizer: SpeechRecognizer,
     request: WindowRequest,
     limits: RecognitionLimits,
     shedding: LoadShedding | None = None,
+    encoder: EncoderOutputs | None = None,
 ) -> tuple[WindowResult, Tier]:
     """Decodes an utterance. While the decoder has spare capacity (no more finals waiting than
     escalation_max_waiting, escalation not shed), a fast-tier final of a long utterance goes to the
     accurate tier at once, and a fast-tier answer under the confidence threshold is re-decoded there:
-    the accurate tier spends spare capacity; it must not make other streams fall behind."""
+    the accurate tier spends spare capacity; it must not make other streams fall behind. encoder:
+    where each tier's encoder output of this audio is looked up first and kept after."""
+
+    async def run(tier: Tier) -> WindowResult:
+        on = replace(request, options=replace(request.options, tier=tier))
+        if encoder is not None:
+            cached = await encoder.get(tier)
+            on = replace(on, encoder_output=cached, keep_encoder_output=cached is None)
+        decoded = await recognizer.decode(on, final=True, deadline=time.monotonic())
+        if encoder is not None and decoded.encoder_output is not None:
+            await encoder.put(tier, decoded.encoder_output)
+            decoded = replace(decoded, encoder_output=None)
+        return decoded
+
     options = request.options
-    accurate = replace(request, options=replace(options, tier=Tier.ACCURATE))
     if options.tier is Tier.FAST and _is_long(request, limits) and _has_spare(recognizer, limits, shedding):
         if limits.on_long_accurate is not None:
             limits.on_long_accurate()
         log.debug("a %.1f s utterance decoded on the accurate tier", request.audio.size / ASR_SAMPLE_RATE_HZ)
-        return await recognizer.decode(accurate, final=True, deadline=time.monotonic()), Tier.ACCURATE
-    decoded = await recognizer.decode(request, final=True, deadline=time.monotonic())
+        return await run(Tier.ACCURATE), Tier.ACCURATE
+    decoded = await run(options.tier)
     confidence = decoded.alternatives[0].confidence if decoded.alternatives else 1.0
     if (
         options.tier is Tier.FAST
         and confidence < limits.escalation_confidence
         and _has_spare(recognizer, limits, shedding)
     ):
-        second = await recognizer.decode(accurate, final=True, deadline=time.monotonic())
+        second = await run(Tier.ACCURATE)
         if limits.on_escalation is not None:
             limits.on_escalation()
         log.debug("escalated a final of confidence %.2f", confidence)
@@ -972,23 +1046,24 @@ def _has_spare(
 
 
 def _result(
-    decoded: WindowResult,
+    decoded: Decoded,
     *,
     offset_samples: int,
     end_samples: int,
     index: int,
-    tier: Tier,
     latency_ms: float,
     end: UtteranceEnd | None,
 ) -> Result:
     offset_s = offset_samples / ASR_SAMPLE_RATE_HZ
     return Result(
-        alternatives=tuple(_shift(a, offset_s) for a in decoded.alternatives),
+        alternatives=tuple(_shift(a, offset_s) for a in decoded.result.alternatives),
         is_final=True,
         utterance_index=index,
         start_ms=_ms(offset_samples),
         end_ms=_ms(end_samples),
-        tier=tier,
+        tier=decoded.tier,
         processing_latency_ms=latency_ms,
         end=end,
+        cache_status=decoded.cache_status,
+        cache_key=decoded.cache_key,
     )

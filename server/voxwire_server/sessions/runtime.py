@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from voxwire_server.caches.recognition import RecognitionCache
 from voxwire_server.caches.synthesis import SynthesisCache
 from voxwire_server.domain import Endpointing, Tier
 from voxwire_server.engines.base import DecoderLoad, SpeechRecognizer, SpeechSynthesizer
@@ -40,6 +41,8 @@ class Runtime:
     synthesis_cache: SynthesisCache | None = None
     # None: streams cannot be resumed (--state off).
     stream_states: StreamStates | None = None
+    # Set once the model is loaded (its version is in every key); None: no recognition cache.
+    recognition_cache: RecognitionCache | None = None
     _recognizer: SpeechRecognizer | None = None
     _synthesizer: SpeechSynthesizer | None = None
     draining: bool = False
@@ -128,7 +131,9 @@ class Runtime:
             on_units=t.tts_units.inc,
             on_stitch=lambda passed: t.tts_stitches.labels("passed" if passed else "rejected").inc(),
         )
-        return SynthesisSession(self.synthesizer, self.synthesis_limits, self.synthesis_cache, hooks)
+        return SynthesisSession(
+            self.synthesizer, self.synthesis_limits, self.synthesis_cache, hooks, self.recognition_cache
+        )
 
     def engines(self) -> tuple[SpeechRecognizer | None, SpeechSynthesizer | None]:
         return self._recognizer, self._synthesizer

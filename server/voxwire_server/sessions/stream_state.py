@@ -19,6 +19,7 @@ from voxwire_server.domain import (
     Alternative,
     AudioFormat,
     CachePolicy,
+    CacheStatus,
     DecodeOptions,
     Encoding,
     Endpointing,
@@ -240,11 +241,16 @@ def _result_to_list(r: Result) -> list[Any]:
         for a in r.alternatives
     ]
     end = None if r.end is None else r.end.value
-    return [alternatives, r.utterance_index, r.start_ms, r.end_ms, r.tier.value, r.processing_latency_ms, end]
+    return [
+        alternatives, r.utterance_index, r.start_ms, r.end_ms, r.tier.value, r.processing_latency_ms, end,
+        r.cache_status.value, r.cache_key,
+    ]  # fmt: skip
 
 
 def _result_from_list(raw: Any) -> Result:
-    alternatives, index, start_ms, end_ms, tier, latency_ms, end = raw
+    alternatives, index, start_ms, end_ms, tier, latency_ms, end = raw[:7]
+    # The cache fields came later: a state written without them resends its finals without them.
+    status, cache_key = raw[7:9] if len(raw) >= 9 else (CacheStatus.NONE.value, "")
     return Result(
         alternatives=tuple(
             Alternative(
@@ -261,4 +267,6 @@ def _result_from_list(raw: Any) -> Result:
         tier=Tier(tier),
         processing_latency_ms=float(latency_ms),
         end=None if end is None else UtteranceEnd(end),
+        cache_status=CacheStatus(status),
+        cache_key=_typed(cache_key, str),
     )

@@ -3,6 +3,7 @@ sentence by sentence (or splice onto a cached template prefix) and encode as it 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -12,9 +13,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
+from voxwire_server.caches.recognition import RecognitionCache
 from voxwire_server.caches.synthesis import CachedAudio, SynthesisCache, phrase_key, prefix_key
 from voxwire_server.config import OUTPUT_SAMPLE_RATES_HZ
 from voxwire_server.domain import (
+    AudioFormat,
     CachePolicy,
     EncodedAudio,
     Encoding,
@@ -23,7 +26,7 @@ from voxwire_server.domain import (
     SynthesisInput,
     SynthesisRequest,
 )
-from voxwire_server.engines.audio import check_output_format, wav_header
+from voxwire_server.engines.audio import check_output_format, decode_clip, float_to_pcm16, wav_header
 from voxwire_server.engines.base import SpeechSynthesizer
 from voxwire_server.engines.splicing import Prefix
 from voxwire_server.errors import InvalidInput, LimitExceeded
@@ -67,6 +70,16 @@ class SynthesisHooks:
     on_stitch: Callable[[bool], None] = field(default=lambda passed: None)
 
 
+def _heard(audio: CachedAudio, encoding: Encoding) -> npt.NDArray[np.int16]:
+    """A reply's encoded audio as a microphone would give it to the recognizer: 16 kHz int16."""
+    data = b"".join(audio.chunks)
+    if encoding in (Encoding.LINEAR16, Encoding.WAV):  # cached chunks carry no WAV header
+        fmt = AudioFormat(Encoding.LINEAR16, audio.sample_rate_hz, 1)
+    else:
+        fmt = AudioFormat(encoding)
+    return float_to_pcm16(decode_clip(data, fmt))
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     request: SynthesisRequest
@@ -83,11 +96,14 @@ class SynthesisSession:
         limits: SynthesisLimits,
         cache: SynthesisCache | None = None,
         hooks: SynthesisHooks | None = None,
+        echo: RecognitionCache | None = None,
     ) -> None:
+        """echo: the recognition cache that listens for replies heard back (self-echo)."""
         self._tts = synthesizer
         self._limits = limits
         self._cache = cache
         self._hooks = hooks or SynthesisHooks()
+        self._echo = echo
 
     # -- validation ---------------------------------------------------------------------------
 
@@ -195,12 +211,14 @@ class SynthesisSession:
             if hit is not None:
                 for chunk in self._replay(plan, hit)[1]:
                     yield chunk
+                await self._listen_for_echo(plan, hit)
                 return
         emitter = self._encoder(request, plan.sample_rate_hz)
         try:
             async for chunk in self._produce(plan, emitter, streaming=True):
                 yield chunk
             await self._store_reply(plan, emitter)
+            await self._listen_for_echo(plan, emitter.cached())
         finally:
             emitter.close()
 
@@ -222,6 +240,7 @@ class SynthesisSession:
                 await self._store_reply(plan, emitter)
             finally:
                 emitter.close()
+        await self._listen_for_echo(plan, chunks.cached())
         data = b"".join(chunks.data)
         if request.encoding is Encoding.WAV:
             data = wav_header(plan.sample_rate_hz, 1, len(data)) + data
@@ -293,6 +312,27 @@ class SynthesisSession:
         request's cache policy like any other: a repeat is a HIT, and PurgeUser removes it."""
         if self._cache is not None and self._uses_cache(plan.request.context):
             await self._cache.put_phrase(plan.key, plan.request.context, emitter.cached())
+
+    async def _listen_for_echo(self, plan: _Plan, audio: CachedAudio) -> None:
+        """The recognizer listens for this reply coming back through the tenant's speaker (self-echo):
+        a reply it still remembers is listened for again; a new one is decoded back to 16 kHz and
+        fingerprinted. Never fails the synthesis."""
+        echo = self._echo
+        if (
+            echo is None
+            or not echo.settings.self_echo
+            or plan.request.context.cache_policy is not CachePolicy.USE
+        ):
+            return
+        context = plan.request.context
+        reply_id = f"{plan.key}:{plan.request.encoding.value}:{plan.sample_rate_hz}"
+        try:
+            if await echo.remember_reply(context, reply_id, None):
+                return
+            heard = await asyncio.to_thread(_heard, audio, plan.request.encoding)
+            await echo.remember_reply(context, reply_id, heard)
+        except Exception as exc:  # the reply was sent whole; listening for its echo is best effort
+            log.warning("not listening for the echo of a reply: %s", type(exc).__name__)
 
     # -- producing audio ----------------------------------------------------------------------
 

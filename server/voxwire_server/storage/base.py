@@ -42,6 +42,10 @@ class Store(Protocol):
         """Store or replace a value; ttl_s=None never expires; owner="" tags no owner."""
         ...
 
+    async def set_many(self, items: list[tuple[str, bytes]], *, ttl_s: float | None = None) -> None:
+        """set() of each (key, value) with one TTL and no owner, in one round trip to a shared store."""
+        ...
+
     async def add(self, key: str, value: bytes) -> bool:
         """Store a value that never expires and has no owner, only when the key holds no live value;
         returns whether it was stored (one writer wins among processes sharing the store)."""

@@ -95,6 +95,10 @@ class MemoryStore:
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         return [await self.get(key) for key in keys]
 
+    async def set_many(self, items: list[tuple[str, bytes]], *, ttl_s: float | None = None) -> None:
+        for key, value in items:
+            await self.set(key, value, ttl_s=ttl_s)
+
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None, owner: str = "") -> None:
         self._check_open()
         check_ttl_s(ttl_s)

@@ -51,6 +51,30 @@ end
 return 1
 """
 
+# KEYS: value keys; ARGV: ttl ms (0: none), owner-set key prefix, then one value per key. Each set
+# as _SET_LUA sets a value without an owner.
+_SET_MANY_LUA = """
+local ttl_ms, prefix = tonumber(ARGV[1]), ARGV[2]
+for i, key in ipairs(KEYS) do
+  if redis.call('TYPE', key).ok ~= 'hash' then redis.call('DEL', key) end
+  local old = redis.call('HGET', key, 'o')
+  if old then
+    redis.call('SREM', prefix .. old, key)
+    redis.call('HDEL', key, 'o')
+  end
+  redis.call('HSET', key, 'v', ARGV[i + 2])
+  if ttl_ms > 0 then redis.call('PEXPIRE', key, ttl_ms) else redis.call('PERSIST', key) end
+end
+return #KEYS
+"""
+
+# KEYS: value keys. Each one's value, or false (nil) when absent.
+_GET_MANY_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, 'v') end
+return out
+"""
+
 # KEYS[1] value key; ARGV[1] owner-set key prefix.
 _DELETE_LUA = """
 local owner = redis.call('HGET', KEYS[1], 'o')
@@ -127,6 +151,8 @@ class RedisStore:
         self._delete_script = self._client.register_script(_DELETE_LUA)
         self._purge_script = self._client.register_script(_PURGE_LUA)
         self._stats_script = self._client.register_script(_STATS_LUA)
+        self._get_many_script = self._client.register_script(_GET_MANY_LUA)
+        self._set_many_script = self._client.register_script(_SET_MANY_LUA)
         self._policy_checked = False
         self._closed = False
 
@@ -141,11 +167,9 @@ class RedisStore:
             return []
         await self._first_use()
         with self._errors():
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.hget(self._values_prefix + key, "v")
-                values = await pipe.execute()
-        return [v.encode() if isinstance(v, str) else v for v in values]
+            # One script call: a pipeline of HGETs cost ~50 us of client time per key in redis-py.
+            values = await self._get_many_script(keys=[self._values_prefix + key for key in keys])
+        return [v.encode() if isinstance(v, str) else (v or None) for v in values]
 
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None, owner: str = "") -> None:
         check_ttl_s(ttl_s)
@@ -156,6 +180,16 @@ class RedisStore:
             keys.append(self._owners_prefix + owner)
         with self._errors():
             await self._set_script(keys=keys, args=[value, ttl_ms, owner, self._owners_prefix])
+
+    async def set_many(self, items: list[tuple[str, bytes]], *, ttl_s: float | None = None) -> None:
+        check_ttl_s(ttl_s)
+        if not items:
+            return
+        await self._first_use()
+        ttl_ms = 0 if ttl_s is None else max(1, math.ceil(ttl_s * 1000))
+        keys = [self._values_prefix + key for key, _ in items]
+        with self._errors():
+            await self._set_many_script(keys=keys, args=[ttl_ms, self._owners_prefix, *(v for _, v in items)])
 
     async def add(self, key: str, value: bytes) -> bool:
         await self._first_use()

@@ -9,6 +9,7 @@ from voxwire_server import auth
 from voxwire_server.domain import (
     AudioFormat,
     CachePolicy,
+    CacheStatus,
     DecodeOptions,
     EncodedAudio,
     Encoding,
@@ -42,6 +43,16 @@ _POLICIES: dict[int, CachePolicy] = {
     common_pb2.CACHE_POLICY_USE: CachePolicy.USE,
     common_pb2.CACHE_POLICY_BYPASS: CachePolicy.BYPASS,
     common_pb2.CACHE_POLICY_DO_NOT_STORE: CachePolicy.DO_NOT_STORE,
+}
+_RESULT_CACHE_PB = {
+    CacheStatus.NONE: recognizer_pb2.CACHE_STATUS_UNSPECIFIED,
+    CacheStatus.MISS: recognizer_pb2.CACHE_STATUS_MISS,
+    CacheStatus.EXACT: recognizer_pb2.CACHE_STATUS_EXACT,
+    CacheStatus.FUZZY: recognizer_pb2.CACHE_STATUS_FUZZY,
+    CacheStatus.COMPONENT: recognizer_pb2.CACHE_STATUS_COMPONENT,
+    CacheStatus.NEGATIVE: recognizer_pb2.CACHE_STATUS_NEGATIVE,
+    CacheStatus.CORRECTION: recognizer_pb2.CACHE_STATUS_CORRECTION,
+    CacheStatus.SELF_ECHO: recognizer_pb2.CACHE_STATUS_SELF_ECHO,
 }
 _TIERS_PB = {Tier.FAST: recognizer_pb2.MODEL_TIER_FAST, Tier.ACCURATE: recognizer_pb2.MODEL_TIER_ACCURATE}
 _EVENTS_PB = {
@@ -178,8 +189,8 @@ def result(r: Result) -> recognizer_pb2.RecognitionResult:
         utterance_index=r.utterance_index,
         audio_start_ms=r.start_ms,
         audio_end_ms=r.end_ms,
-        # No result cache exists yet: no tier was consulted.
-        cache_status=recognizer_pb2.CACHE_STATUS_UNSPECIFIED,
+        cache_status=_RESULT_CACHE_PB[r.cache_status],
+        cache_key=r.cache_key,
         model_tier=_TIERS_PB[r.tier],
         processing_latency_ms=r.processing_latency_ms,
         end=_ENDS_PB[r.end] if r.end is not None else recognizer_pb2.UTTERANCE_END_UNSPECIFIED,

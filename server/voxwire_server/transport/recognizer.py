@@ -52,6 +52,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                     options,
                     self._rt.recognition_limits,
                     self._rt.streams,
+                    self._rt.recognition_cache,
                 )
             log.info("recognized %d ms of audio into %d segments", duration_ms, len(results))
             self._rt.telemetry.recognize_latency.observe(time.perf_counter() - started)
@@ -112,6 +113,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                     stop=self._rt.stopping,
                     states=self._rt.stream_states,
                     resumed=resumed,
+                    cache=self._rt.recognition_cache,
                 )
                 # Leaving the writer's block waits for queued responses to be written, so the
                 # status that follows (OK or an error) never races a write.
