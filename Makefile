@@ -47,6 +47,7 @@ bench: $(STAMP) ## Run the benchmarks (loopback only, bounded)
 	$(PY) benchmarks/resume.py
 	$(PY) benchmarks/fingerprint_quality.py
 	$(PY) benchmarks/cache_workload.py
+	$(PY) benchmarks/tts_cache_compression.py
 	$(PY) benchmarks/asr_load.py
 	$(PY) benchmarks/batch_scaling.py
 	$(PY) benchmarks/tts_load.py

@@ -146,6 +146,7 @@ def build_runtime(config: ServerConfig) -> Runtime:
             stitch_context_words=config.tts_stitch_context_words,
             max_joint_pitch_st=config.tts_joint_max_pitch_st,
             max_joint_step_db=config.tts_joint_max_step_db,
+            cache_opus_bit_rate=config.tts_cache_opus_kbps * 1000,
         ),
         endpointing=Endpointing(
             silence_ms=config.silence_ms,

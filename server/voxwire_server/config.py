@@ -164,6 +164,9 @@ class ServerConfig:
         secret=True,
     )
     tts_cache_ttl_s: float = _opt(900.0, "lifetime of personal (per-user) synthesis cache entries")
+    tts_cache_opus_kbps: int = _opt(
+        0, "keep cached LINEAR16 and WAV replies as Opus at this bit rate, 6..256 (0: as sent, bit-exact)"
+    )
     asr_cache_tiers: str = _opt(
         "correction,exact,negative",
         "recognition cache tiers in use, comma-separated, of correction, exact, negative, self_echo "
@@ -448,6 +451,8 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be positive, got {value}")
         self._validate_state()
         _ = self.asr_cache_tier_set
+        if self.tts_cache_opus_kbps and not 6 <= self.tts_cache_opus_kbps <= 256:
+            raise ConfigError(f"tts_cache_opus_kbps must be 0 or 6..256, got {self.tts_cache_opus_kbps}")
         if self.asr_cache_fuzzy not in ("on", "off"):
             raise ConfigError(f"asr_cache_fuzzy must be on or off, got {self.asr_cache_fuzzy!r}")
         if self.max_message_mb < 0:

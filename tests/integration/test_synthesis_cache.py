@@ -252,3 +252,35 @@ def test_a_cache_that_is_down_costs_a_miss_not_an_error() -> None:
             assert {t.tenant_id for t in client.stats("acme").tiers} <= {"acme"}
     finally:
         handle.stop()
+
+
+def test_compressed_phrases_replay_as_pcm_of_the_same_length_that_transcribes_the_same() -> None:
+    handle = serve_in_thread(
+        ServerConfig(listen="127.0.0.1:0", shutdown_grace_s=1.0, tts_cache_opus_kbps=32).validate()
+    )
+    try:
+        text = "Your table for four is booked at seven thirty tonight."
+        pcm = {"encoding": AudioEncoding.LINEAR16, "sample_rate_hz": 16000, "user_id": "ana"}
+        with Client(handle.running.target, timeout_s=60) as client:
+            made = client.synthesize(text, **pcm)  # type: ignore[arg-type]
+            assert made.cache_status is MISS
+            hit = client.synthesize(text, **pcm)  # type: ignore[arg-type]
+            assert hit.cache_status is HIT
+            assert len(hit.audio) == len(made.audio) and hit.audio != made.audio  # lossy, same length
+            streamed = list(client.synthesize_stream(text, **pcm))  # type: ignore[arg-type]
+            assert {c.cache_status for c in streamed} == {HIT}
+            assert b"".join(c.audio for c in streamed) == hit.audio
+            asr = RecognitionConfig(
+                encoding=AudioEncoding.LINEAR16, sample_rate_hz=16000, cache_policy=CachePolicy.BYPASS
+            )
+            assert client.recognize(hit.audio, asr).text == client.recognize(made.audio, asr).text
+            # WAV replies are kept compressed too; their header is made per request.
+            wav = client.synthesize(text, encoding=AudioEncoding.WAV, user_id="ana")
+            again = client.synthesize(text, encoding=AudioEncoding.WAV, user_id="ana")
+            assert again.cache_status is HIT and again.audio[:44] == wav.audio[:44]
+            # Both entries together hold less than a third of the PCM they replay (32 kbit/s Opus).
+            (personal,) = [t for t in client.stats().tiers if t.tier == "tts.phrase.personal"]
+            assert personal.entries == 2
+            assert personal.size_bytes < (len(made.audio) + len(wav.audio) - 44) / 3
+    finally:
+        handle.stop()

@@ -12,15 +12,18 @@ Tiers, consulted per utterance (a stream's finals and each utterance of a Recogn
   trigger): dropped, no transcript;
 - fuzzy (off by default): the fingerprint of the same recording arriving again through another
   channel (re-encoded, with noise, louder or softer), verified over the whole utterance. It is not,
-  and must not be used as, a match for a person saying the same words again.
+  and must not be used as, a match for a person saying the same words again;
+- component (off by default): not an answer but the encoder's output for the same audio on the same
+  tier, so a repeat with other decode options skips the encoder.
 
 A person's words are never shared across tenants: every key and tag is an HMAC under the keyring's
 secret with the tenant in it. Entries are the tenant's (a user of the tenant hearing the same recording
 gets the same text) and carry the owner tag of the user whose request made them, so PurgeUser removes
 every record of a user in every tier. Values are sealed (AES-256-GCM, envelope.py). No audio is
 stored: exact entries hold text; fingerprint tiers hold 4 bytes per 16 ms hop, which do not give back
-the audio. The running context of a stream (the text before an utterance) is not part of a key: an
-utterance heard again is answered with the text it had the first time.
+the audio; the component tier holds encoder outputs, under a short TTL. The running context of a
+stream (the text before an utterance) is not part of a key: an utterance heard again is answered with
+the text it had the first time.
 
 A store that is down is a miss (the model decodes), never an error.
 """

@@ -53,11 +53,15 @@ _FORMAT = 1
 
 @dataclass(frozen=True, slots=True)
 class CachedAudio:
-    """A reply as it was streamed: encoded chunks (no WAV header) and their durations."""
+    """A reply as it was streamed: encoded chunks (no WAV header) and their durations. With codec
+    "opus" (a compressed PCM reply), one Ogg/Opus stream in place of the chunks, decoded and cut back
+    into chunks of chunk_samples samples on a hit."""
 
     chunks: tuple[bytes, ...]
     durations_ms: tuple[int, ...]
     sample_rate_hz: int
+    codec: str = ""
+    chunk_samples: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,14 +207,18 @@ class SynthesisCache:
             chunks=tuple(bytes(c) for c in value["chunks"]),
             durations_ms=tuple(int(d) for d in value["durations_ms"]),
             sample_rate_hz=int(value["sample_rate_hz"]),
+            codec=str(value.get("codec", "")),
+            chunk_samples=tuple(int(n) for n in value.get("chunk_samples", ())),
         )
 
     async def put_phrase(self, key: str, context: RequestContext | None, audio: CachedAudio) -> bool:
-        value = {
+        value: dict[str, Any] = {
             "chunks": list(audio.chunks),
             "durations_ms": list(audio.durations_ms),
             "sample_rate_hz": audio.sample_rate_hz,
         }
+        if audio.codec:
+            value |= {"codec": audio.codec, "chunk_samples": list(audio.chunk_samples)}
         return await self._put(PHRASE, key, context, value)
 
     async def get_prefix(self, key: str, context: RequestContext) -> dict[str, Any] | None:

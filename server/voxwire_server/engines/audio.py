@@ -480,6 +480,41 @@ def check_output_format(encoding: Encoding, sample_rate_hz: int) -> None:
         raise InvalidInput("FLAC is not an output encoding; use LINEAR16, WAV or OGG_OPUS")
 
 
+def pcm_to_opus(pcm: Int16Array, sample_rate_hz: int, bit_rate: int) -> bytes:
+    """An Ogg/Opus stream of 16-bit mono PCM at the Opus rate at or above sample_rate_hz (the phrase
+    cache's compressed form of a PCM reply). CPU work: call it off the event loop."""
+    rate = min((r for r in OPUS_SAMPLE_RATES_HZ if r >= sample_rate_hz), default=OPUS_SAMPLE_RATES_HZ[-1])
+    resampler = Resampler(sample_rate_hz, 1, rate)
+    samples = np.concatenate([resampler.feed(pcm), resampler.flush()])
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="ogg") as out:
+        stream = out.add_stream("libopus", rate=rate, layout="mono")
+        stream.bit_rate = bit_rate
+        if samples.size:
+            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def opus_to_pcm(data: bytes, sample_rate_hz: int, samples: int) -> Int16Array:
+    """pcm_to_opus's stream decoded back to 16-bit mono PCM at sample_rate_hz, exactly `samples` long
+    (the codec's padding cut, a short end filled with silence). CPU work."""
+    parts: list[Int16Array] = []
+    with av.open(io.BytesIO(data), mode="r") as source:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate_hz)
+        for frame in source.decode(audio=0):
+            parts += [np.asarray(f.to_ndarray(), np.int16).reshape(-1) for f in resampler.resample(frame)]
+        parts += [np.asarray(f.to_ndarray(), np.int16).reshape(-1) for f in resampler.resample(None)]
+    pcm = np.concatenate(parts) if parts else np.zeros(0, np.int16)
+    if pcm.size >= samples:
+        return pcm[:samples]
+    return np.concatenate([pcm, np.zeros(samples - pcm.size, np.int16)])
+
+
 class AudioEncoder:
     """Encodes float32 mono audio at the engine's rate into one output encoding, chunk by chunk.
 

@@ -26,7 +26,14 @@ from voxwire_server.domain import (
     SynthesisInput,
     SynthesisRequest,
 )
-from voxwire_server.engines.audio import check_output_format, decode_clip, float_to_pcm16, wav_header
+from voxwire_server.engines.audio import (
+    check_output_format,
+    decode_clip,
+    float_to_pcm16,
+    opus_to_pcm,
+    pcm_to_opus,
+    wav_header,
+)
 from voxwire_server.engines.base import SpeechSynthesizer
 from voxwire_server.engines.splicing import Prefix
 from voxwire_server.errors import InvalidInput, LimitExceeded
@@ -60,6 +67,8 @@ class SynthesisLimits:
     # The longest reply (speech and breaks): longer is OUT_OF_RANGE, before any synthesis when
     # the breaks alone are longer, else when synthesis reaches it.
     max_synthesis_s: float = 120.0
+    # Phrase cache entries of PCM replies (LINEAR16, WAV) kept as Opus at this bit rate (0: as sent).
+    cache_opus_bit_rate: int = 0
 
 
 @dataclass
@@ -68,6 +77,26 @@ class SynthesisHooks:
 
     on_units: Callable[[int], None] = field(default=lambda n: None)
     on_stitch: Callable[[bool], None] = field(default=lambda passed: None)
+
+
+OPUS = "opus"
+
+
+def _compressed(audio: CachedAudio, bit_rate: int) -> CachedAudio:
+    pcm = np.frombuffer(b"".join(audio.chunks), "<i2")
+    counts = tuple(len(c) // 2 for c in audio.chunks)
+    data = pcm_to_opus(pcm, audio.sample_rate_hz, bit_rate)
+    return CachedAudio((data,), audio.durations_ms, audio.sample_rate_hz, OPUS, counts)
+
+
+def _expanded(hit: CachedAudio) -> CachedAudio:
+    """A compressed reply decoded back into chunks of the lengths it was sent in."""
+    pcm = opus_to_pcm(b"".join(hit.chunks), hit.sample_rate_hz, sum(hit.chunk_samples))
+    ends = np.cumsum(hit.chunk_samples)
+    chunks = tuple(
+        pcm[end - n : end].astype("<i2").tobytes() for n, end in zip(hit.chunk_samples, ends, strict=True)
+    )
+    return CachedAudio(chunks, hit.durations_ms, hit.sample_rate_hz)
 
 
 def _heard(audio: CachedAudio, encoding: Encoding) -> npt.NDArray[np.int16]:
@@ -209,7 +238,7 @@ class SynthesisSession:
             assert self._cache is not None
             hit = await self._cache.get_phrase(plan.key, context)
             if hit is not None:
-                for chunk in self._replay(plan, hit)[1]:
+                for chunk in self._replay(plan, await self._expanded(hit))[1]:
                     yield chunk
                 await self._listen_for_echo(plan, hit)
                 return
@@ -231,7 +260,7 @@ class SynthesisSession:
             assert self._cache is not None
             hit = await self._cache.get_phrase(plan.key, context)
         if hit is not None:
-            chunks = self._replay(plan, hit)[0]
+            chunks = self._replay(plan, await self._expanded(hit))[0]
         else:
             chunks = emitter = self._encoder(request, plan.sample_rate_hz)
             try:
@@ -292,7 +321,8 @@ class SynthesisSession:
                     pass
             finally:
                 emitter.close()
-            n_phrases += await self._cache.put_phrase(plan.key, None, emitter.cached())
+            kept = await self._kept(plan, emitter.cached())
+            n_phrases += await self._cache.put_phrase(plan.key, None, kept)
         for source, template in parsed:
             # The template spoken with each slot's name in its place stands in for a reply.
             names = tuple((name, name.replace("_", " ")) for name in template.slots)
@@ -311,7 +341,19 @@ class SynthesisSession:
         """A reply made whole (synthesized, stitched onto a cached prefix, or both) is kept under the
         request's cache policy like any other: a repeat is a HIT, and PurgeUser removes it."""
         if self._cache is not None and self._uses_cache(plan.request.context):
-            await self._cache.put_phrase(plan.key, plan.request.context, emitter.cached())
+            kept = await self._kept(plan, emitter.cached())
+            await self._cache.put_phrase(plan.key, plan.request.context, kept)
+
+    async def _kept(self, plan: _Plan, audio: CachedAudio) -> CachedAudio:
+        """What the phrase cache keeps of a reply: PCM compressed to Opus when the operator asked for it
+        (--tts-cache-opus-kbps); everything else as it was sent."""
+        bit_rate = self._limits.cache_opus_bit_rate
+        if not bit_rate or plan.request.encoding not in (Encoding.LINEAR16, Encoding.WAV):
+            return audio
+        return await asyncio.to_thread(_compressed, audio, bit_rate)
+
+    async def _expanded(self, hit: CachedAudio) -> CachedAudio:
+        return await asyncio.to_thread(_expanded, hit) if hit.codec == OPUS else hit
 
     async def _listen_for_echo(self, plan: _Plan, audio: CachedAudio) -> None:
         """The recognizer listens for this reply coming back through the tenant's speaker (self-echo):
