@@ -474,7 +474,7 @@ class AsyncClient:
 
     async def stats(self, tenant_id: str = "", *, timeout_s: float | None = None) -> ServerStats:
         """Cache and request counters of the server, with the recognition cache's rows per tier and
-        tenant. ``tenant_id`` narrows them to one tenant (a caller's own, or any for an operator)."""
+        tenant (an operator's call). ``tenant_id`` narrows them to that tenant's rows."""
         request = cache_admin_pb2.GetStatsRequest(tenant_id=tenant_id)
         try:
             response = await self._admin().GetStats(

@@ -413,7 +413,7 @@ class Client:
 
     def stats(self, tenant_id: str = "", *, timeout_s: float | None = None) -> ServerStats:
         """Cache and request counters of the server, with the recognition cache's rows per tier and
-        tenant. ``tenant_id`` narrows them to one tenant (a caller's own, or any for an operator)."""
+        tenant (an operator's call). ``tenant_id`` narrows them to that tenant's rows."""
         deadline = self._deadline(timeout_s)
         try:
             response = self._admin.GetStats(

@@ -72,7 +72,7 @@ class _CacheMetrics(CacheObserver):
 
 
 def build_recognition_cache(
-    config: ServerConfig, keyring: Keyring, model_version: str, telemetry: Telemetry
+    config: ServerConfig, keyring: Keyring, recognizer: WhisperRecognizer, telemetry: Telemetry
 ) -> RecognitionCache | None:
     tiers = config.asr_cache_tier_set
     fuzzy = config.asr_cache_fuzzy == "on"
@@ -93,7 +93,13 @@ def build_recognition_cache(
         component_ttl_s=config.asr_cache_component_ttl_s,
         stale_models=tuple(m.strip() for m in config.asr_cache_stale_models.split(",") if m.strip()),
     )
-    return RecognitionCache(keyring, model_version, settings, observer=_CacheMetrics(telemetry))
+    return RecognitionCache(
+        keyring,
+        recognizer.model_version,
+        settings,
+        observer=_CacheMetrics(telemetry),
+        language=recognizer.check_language,
+    )
 
 
 def build_stream_states(config: ServerConfig, telemetry: Telemetry) -> StreamStates | None:
@@ -261,7 +267,7 @@ class App:
         recognizer = self._engines[0]
         if cache is not None:
             recognition = build_recognition_cache(
-                self.config, cache.keyring, recognizer.model_version, self.runtime.telemetry
+                self.config, cache.keyring, recognizer, self.runtime.telemetry
             )
             if recognition is not None and recognition.settings.stale_models:
                 stale = self.runtime.telemetry.asr_cache_stale
@@ -272,6 +278,7 @@ class App:
                     on_outcome=lambda outcome: stale.labels(outcome).inc(),
                 )
                 recognition.on_stale = self._served_stale
+                recognition.on_purge = self._revalidator.forget
                 self._revalidator.start()
             self.runtime.recognition_cache = recognition
         log.info("recognition model version %s (what cache keys hold)", recognizer.model_version)

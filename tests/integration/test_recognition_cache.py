@@ -105,7 +105,11 @@ async def test_exact_hit_returns_what_the_model_said_and_a_miss_before(store: St
     assert hit.tier is Tier.FAST
     # Digital silence around the same samples (a retry padded differently) is the same audio.
     padded = np.concatenate([np.zeros(800, np.int16), audio, np.zeros(160, np.int16)])
-    assert (await cache.lookup(padded, FAST, ALICE)).status is CacheStatus.EXACT
+    again = await cache.lookup(padded, FAST, ALICE)
+    assert again.status is CacheStatus.EXACT
+    # Its words are where they are in this audio: 50 ms later.
+    (word,) = again.alternatives[0].words
+    assert (word.start_s, word.end_s) == pytest.approx((0.15, 0.35))
     # Another user of the tenant hears the same recording: the tenant's entry answers.
     assert (await cache.lookup(audio, FAST, BOB)).status is CacheStatus.EXACT
     (row,) = [r for r in cache.tenant_stats("acme") if r.tier == EXACT]
@@ -338,3 +342,19 @@ async def test_an_older_models_entry_answers_when_allowed_and_asks_for_a_refresh
     again = await upgraded.lookup(piece(0, 3), FAST, ALICE)
     assert again.status is CacheStatus.EXACT and not again.stale
     assert again.alternatives == renewed.alternatives
+
+
+async def test_every_spelling_of_a_language_is_one_language_to_the_keys(store: Store) -> None:
+    def model_code(language: str) -> str:  # what the recognizer's check_language does
+        return language.split("-")[0].lower()
+
+    cache = RecognitionCache(
+        Keyring(store, key_secret=SECRET), "model-v1", RecognitionCacheSettings(), language=model_code
+    )
+    audio = piece(0, 3)
+    await cache.correct(ALICE, "en-US", "and so my fellow americans", audio=audio)
+    for spelling in ("en", "EN", "en-GB", ""):
+        hit = await cache.lookup(audio, replace(FAST, language=spelling), BOB)
+        assert hit.status is CacheStatus.CORRECTION, spelling
+    await decode_and_store(cache, piece(4, 7), options=replace(FAST, language="en-GB"))
+    assert (await cache.lookup(piece(4, 7), replace(FAST, language="en"), ALICE)).status is CacheStatus.EXACT

@@ -4,9 +4,9 @@ current model and stored, live finals first, a full queue drops, a failure does 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import numpy as np
-import pytest
 
 from voxwire_server.caches.keyring import Keyring
 from voxwire_server.caches.recognition import Probe, RecognitionCache
@@ -32,6 +32,8 @@ class FakeRecognizer:
         self.fail_next = False
         self.release = asyncio.Event()
         self.release.set()
+        self.started = asyncio.Event()
+        self.cancelled = False
 
     def pending_finals(self) -> int:
         return self.waiting
@@ -40,7 +42,12 @@ class FakeRecognizer:
         return DecoderLoad()
 
     async def decode(self, request: WindowRequest, *, final: bool, deadline: float) -> WindowResult:
-        await self.release.wait()
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("the decoder broke")
@@ -115,16 +122,46 @@ async def test_a_full_queue_drops_and_a_failure_does_not_stop_the_worker() -> No
     await revalidator.aclose()  # idempotent
 
 
-@pytest.mark.parametrize("started", [True, False])
-async def test_closing_cancels_a_refresh_in_progress(started: bool) -> None:
+async def test_closing_cancels_a_refresh_in_progress() -> None:
     recognizer = FakeRecognizer()
     cache = RecognitionCache(Keyring(MemoryStore(1 << 20), key_secret=b"0123456789abcdef"), "v2")
     revalidator = Revalidator(recognizer, cache, LIMITS)  # type: ignore[arg-type]
     recognizer.release.clear()
-    if started:
-        revalidator.start()
-        audio = utterance(0.5, 4)
-        revalidator.submit(await probe_of(cache, audio), audio)
-        await asyncio.sleep(0.05)
+    revalidator.start()
+    audio = utterance(0.5, 4)
+    revalidator.submit(await probe_of(cache, audio), audio)
+    async with asyncio.timeout(10):
+        await recognizer.started.wait()
     await revalidator.aclose()
-    assert recognizer.decoded == []
+    assert recognizer.cancelled and recognizer.decoded == []
+
+
+async def test_closing_a_revalidator_that_never_started() -> None:
+    revalidator = Revalidator(FakeRecognizer(), RecognitionCache(Keyring(MemoryStore(1 << 20)), "v2"), LIMITS)  # type: ignore[arg-type]
+    await revalidator.aclose()
+
+
+async def test_work_of_a_purged_user_stores_nothing() -> None:
+    recognizer = FakeRecognizer()
+    cache = RecognitionCache(Keyring(MemoryStore(1 << 20), key_secret=b"0123456789abcdef"), "v2")
+    outcomes = Outcomes()
+    revalidator = Revalidator(recognizer, cache, LIMITS, on_outcome=outcomes.report)  # type: ignore[arg-type]
+    alice = replace(CONTEXT, user_id="alice")
+    queued, decoding, later = (utterance(0.5, seed) for seed in (5, 6, 7))
+    recognizer.release.clear()
+    revalidator.start()
+    first = await probe_of(cache, decoding)
+    revalidator.submit(replace(first, context=alice), decoding)
+    async with asyncio.timeout(10):
+        await recognizer.started.wait()  # being decoded
+    second = await probe_of(cache, queued)
+    revalidator.submit(replace(second, context=alice), queued)  # queued behind it
+    revalidator.forget("acme", "alice")
+    third = await probe_of(cache, later)
+    revalidator.submit(replace(third, context=alice), later)  # after the purge: theirs again
+    recognizer.release.set()
+    await outcomes.wait(3)
+    assert outcomes == ["purged", "purged", "refreshed"]
+    assert (await cache.lookup(decoding, DecodeOptions(), alice)).status is CacheStatus.MISS
+    assert (await cache.lookup(later, DecodeOptions(), alice)).status is CacheStatus.EXACT
+    await revalidator.aclose()

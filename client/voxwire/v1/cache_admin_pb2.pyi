@@ -25,8 +25,8 @@ class GetStatsRequest(_message.Message):
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
-    """Empty: the server's totals and every tenant's recognition cache rows; otherwise one tenant's rows
-    (a caller's own tenant, or any tenant for an operator).
+    """Empty: the server's totals and every tenant's recognition cache rows; otherwise that tenant's
+    recognition cache rows only.
     """
     def __init__(
         self,

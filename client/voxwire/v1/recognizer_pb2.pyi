@@ -58,7 +58,7 @@ class _CacheStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheStat
     CACHE_STATUS_FUZZY: _CacheStatus.ValueType  # 3
     """The same recording arrived again (re-encoded, noisier, louder): matched by its fingerprint."""
     CACHE_STATUS_COMPONENT: _CacheStatus.ValueType  # 4
-    """Reserved: the model decoded it with a cached encoder output."""
+    """The model decoded it with the encoder output kept for the same audio (the component tier)."""
     CACHE_STATUS_NEGATIVE: _CacheStatus.ValueType  # 5
     """A recording that decoded to nothing before (noise, a TV, a false trigger): dropped before the
     model; the result has no alternatives.
@@ -82,7 +82,7 @@ CACHE_STATUS_EXACT: CacheStatus.ValueType  # 2
 CACHE_STATUS_FUZZY: CacheStatus.ValueType  # 3
 """The same recording arrived again (re-encoded, noisier, louder): matched by its fingerprint."""
 CACHE_STATUS_COMPONENT: CacheStatus.ValueType  # 4
-"""Reserved: the model decoded it with a cached encoder output."""
+"""The model decoded it with the encoder output kept for the same audio (the component tier)."""
 CACHE_STATUS_NEGATIVE: CacheStatus.ValueType  # 5
 """A recording that decoded to nothing before (noise, a TV, a false trigger): dropped before the
 model; the result has no alternatives.

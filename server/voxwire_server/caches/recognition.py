@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -58,7 +59,7 @@ from voxwire_server.domain import (
 )
 from voxwire_server.engines.audio import ASR_SAMPLE_RATE_HZ
 from voxwire_server.engines.base import WindowResult
-from voxwire_server.errors import InvalidInput, NotImplementedCapability
+from voxwire_server.errors import InvalidInput, LimitExceeded, NotImplementedCapability
 from voxwire_server.storage import StoreStats, StoreUnavailable
 
 __all__ = [
@@ -105,6 +106,9 @@ _TRIM_LEVEL = 16
 _CANDIDATES = 8
 # Latencies kept per tier and tenant for GetStats' medians.
 _LATENCY_SAMPLES = 512
+# Tenants counted apart in GetStats and metric labels; the rest share one row.
+_MAX_TENANTS = 1000
+OTHER_TENANTS = "(other)"
 # Fingerprint writes in the background at once (beyond: written before the final, as backpressure).
 _MAX_BACKGROUND = 256
 _CLOSE_TIMEOUT_S = 5.0
@@ -114,10 +118,13 @@ _MAX_CORRECTION_CHARS = 2000
 
 def trimmed(audio: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
     """The samples between the first and the last one louder than digital silence."""
+    start, end = _loud_span(audio)
+    return audio[start:end]
+
+
+def _loud_span(audio: npt.NDArray[np.int16]) -> tuple[int, int]:
     loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > _TRIM_LEVEL)
-    if loud.size == 0:
-        return audio[:0]
-    return audio[loud[0] : loud[-1] + 1]
+    return (0, 0) if loud.size == 0 else (int(loud[0]), int(loud[-1]) + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +187,8 @@ class Probe:
     audio_key: str
     duration_s: float
     print: Printed | None
+    # Digital silence trimmed before the audio: stored word times count from after it.
+    lead_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,11 +267,13 @@ def _options_digest(options: DecodeOptions) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
-def _pack_alternatives(alternatives: Sequence[Alternative]) -> list[Any]:
-    return [
-        [a.text, a.confidence, [[w.text, w.start_s, w.end_s, w.probability] for w in a.words]]
-        for a in alternatives
-    ]
+def _pack_alternatives(alternatives: Sequence[Alternative], lead_s: float = 0.0) -> list[Any]:
+    """Word times counted from lead_s (the audio's first loud sample)."""
+
+    def words(a: Alternative) -> list[list[Any]]:
+        return [[w.text, w.start_s - lead_s, w.end_s - lead_s, w.probability] for w in a.words]
+
+    return [[a.text, a.confidence, words(a)] for a in alternatives]
 
 
 def _unpack_alternatives(value: Any, shift_s: float = 0.0) -> tuple[Alternative, ...]:
@@ -289,16 +300,26 @@ class RecognitionCache:
         *,
         observer: CacheObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        language: Callable[[str], str] = str.lower,
     ) -> None:
-        """model_version: a hash of the weights (entries of another version are never found)."""
+        """model_version: a hash of the weights (entries of another version are never found);
+        language: the model's code for a request's language ("en-US" and "en" are one language to the
+        model, so to every key)."""
+        self._language = language
         self._keyring = keyring
         self._model = model_version
         self._settings = settings or RecognitionCacheSettings()
         self._observer = observer or CacheObserver()
         self._clock = clock
         self._counts: dict[tuple[str, str], _Counts] = {}
+        self._tenants: set[str] = set()
+        # Per tenant: utterances looked up, and those a tier answered or dropped.
+        self._looked: dict[str, int] = {}
+        self._answered: dict[str, int] = {}
         # Called with an utterance served from an older model's entry: decode it again and store().
         self.on_stale: Callable[[Probe, npt.NDArray[np.int16]], None] | None = None
+        # Called with (tenant, user) before a purge: work held for the user stores nothing after it.
+        self.on_purge: Callable[[str, str], None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         # Fuzzy entry key -> (time, audio key) of its recent hits, for the collision alarm.
         self._recent_hits: dict[str, collections.deque[tuple[float, str]]] = {}
@@ -339,17 +360,30 @@ class RecognitionCache:
         self, audio: npt.NDArray[np.int16], options: DecodeOptions, context: RequestContext
     ) -> Lookup:
         """The answer for one utterance (16 kHz int16), or a MISS to decode and store()."""
+        found = await self._lookup(audio, options, context)
+        if found.status is not CacheStatus.NONE:
+            tenant = self._tenant_label(context.tenant_id)
+            self._looked[tenant] = self._looked.get(tenant, 0) + 1
+            if found.answered:
+                self._answered[tenant] = self._answered.get(tenant, 0) + 1
+        return found
+
+    async def _lookup(
+        self, audio: npt.NDArray[np.int16], options: DecodeOptions, context: RequestContext
+    ) -> Lookup:
         if context.cache_policy is CachePolicy.BYPASS:
             return _NOT_CONSULTED
-        samples = trimmed(audio)
+        start, end = _loud_span(audio)
+        samples = audio[start:end]
         duration_s = samples.size / ASR_SAMPLE_RATE_HZ
         if samples.size == 0 or duration_s > self._settings.max_audio_s:
             return _NOT_CONSULTED
         started = self._clock()
         tenant = context.tenant_id
+        options = replace(options, language=self._language_of(options.language))
         try:
             audio_key = await self.audio_key(tenant, samples)
-            probe = Probe(context, options, audio_key, duration_s, None)
+            probe = Probe(context, options, audio_key, duration_s, None, start / ASR_SAMPLE_RATE_HZ)
             # A correction has no word timings: a request that asks for them is decoded.
             corrects = self._settings.correction and not options.word_timestamps
             digest = _options_digest(options)
@@ -456,7 +490,7 @@ class RecognitionCache:
             if tier == CORRECTION:
                 text = None if hit is None else _correction_text(hit[0])
                 if text is not None:
-                    self._count(CORRECTION, tenant, True, started)
+                    self._count(CORRECTION, tenant, True, started, request=False)
                     fixed = (Alternative(text, 1.0),)
                     return Lookup(CacheStatus.CORRECTION, fixed, probe.options.tier, probe)
                 continue  # counted with the exact-key lookup
@@ -467,6 +501,7 @@ class RecognitionCache:
                 return Lookup(CacheStatus.NEGATIVE, tier=probe.options.tier, probe=probe)
             value, entry_key, match = hit
             self._watch_collisions(tenant, entry_key, probe.audio_key)
+            # Both prints start at their audio's first loud sample: the copy starts that much later.
             shift_s = match.offset_frames * fp.HOP_MS / 1000
             return self._answer(CacheStatus.FUZZY, value, probe, shift_s=shift_s)
         return None
@@ -478,7 +513,8 @@ class RecognitionCache:
         if not isinstance(value, dict):
             return None
         try:
-            alternatives = _unpack_alternatives(value["alternatives"], shift_s)
+            # Stored word times count from the first loud sample; this request's audio starts earlier.
+            alternatives = _unpack_alternatives(value["alternatives"], shift_s - probe.lead_s)
             tier = Tier(value["tier"])
         except (KeyError, TypeError, ValueError):
             log.warning("a recognition cache entry of another layout is a miss")
@@ -487,6 +523,12 @@ class RecognitionCache:
 
     async def _correction_key(self, tenant: str, audio_key: str, language: str) -> str:
         return await self._key(CORRECTION, tenant, audio_key, language)
+
+    def _language_of(self, language: str) -> str:
+        try:
+            return self._language(language or "en")
+        except InvalidInput:  # checked before any lookup; a language the model lacks keys as given
+            return language
 
     # -- encoder outputs ----------------------------------------------------------------------
 
@@ -568,7 +610,8 @@ class RecognitionCache:
         try:
             owner = await self._owner(context)
             if decoded.alternatives:
-                value |= {"alternatives": _pack_alternatives(decoded.alternatives), "tier": tier.value}
+                said = _pack_alternatives(decoded.alternatives, probe.lead_s)
+                value |= {"alternatives": said, "tier": tier.value}
                 if s.exact:
                     key = await self._key(EXACT, tenant, probe.audio_key, self._model, digest)
                     await self._keyring.write(key, value, ttl_s=s.exact_ttl_s, owner=owner)
@@ -615,9 +658,9 @@ class RecognitionCache:
             log.warning("storing a fingerprint failed: %s", type(task.exception()).__name__)
 
     async def flush(self) -> None:
-        """Waits for the writes in the background (a purge must not be followed by one)."""
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        """Waits for the writes in the background now (a purge must not be followed by one of them);
+        writes begun meanwhile are not waited for, so a busy server's purge still returns."""
+        await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def aclose(self) -> None:
         """Finishes the background writes, for at most a few seconds, then cancels what is left."""
@@ -655,12 +698,13 @@ class RecognitionCache:
             if samples.size == 0:
                 raise InvalidInput("the audio of the correction is silent")
             if samples.size > self._settings.max_audio_s * ASR_SAMPLE_RATE_HZ:
-                raise InvalidInput(f"the audio of a correction is at most {self._settings.max_audio_s:g} s")
+                raise LimitExceeded(f"the audio of a correction is at most {self._settings.max_audio_s:g} s")
             audio_key = await self.audio_key(context.tenant_id, samples)
             if self._settings.fuzzy:
                 printed = await asyncio.to_thread(Printed.of, samples)
         elif not _AUDIO_KEY.fullmatch(audio_key):
             raise InvalidInput("a correction needs the audio, or a result's cache_key (64 hex digits)")
+        language = self._language_of(language)
         key = await self._correction_key(context.tenant_id, audio_key, language)
         value: dict[str, Any] = {"text": text}
         if printed is not None and printed.print.frames.size:
@@ -688,8 +732,12 @@ class RecognitionCache:
         try:
             entry = await self._key(SELF_ECHO, "reply", tenant, reply_id)
             if audio is None:
-                if await self._keyring.read(SELF_ECHO, entry) is None:
+                known = await self._keyring.read(SELF_ECHO, entry)
+                if known is None:
                     return False
+                # Listened for as long again: the print's own lifetime too, not only the list's.
+                owner = await self._owner(context)
+                await self._keyring.write(entry, known.value, ttl_s=s.self_echo_ttl_s, owner=owner)
             else:
                 reply = await asyncio.to_thread(fp.fingerprint, audio)
                 if reply.frames.size == 0:
@@ -703,7 +751,7 @@ class RecognitionCache:
             now = time.time()
             old = opened.value if opened is not None and isinstance(opened.value, list) else []
             kept = [[entry, now + s.self_echo_ttl_s]]
-            kept += [m for m in old if isinstance(m, list) and len(m) == 2 and m[0] != entry and m[1] > now]
+            kept += [m for m in old if _live(m, now) and m[0] != entry]
             await self._keyring.write(recent_key, kept[: s.echo_replies], ttl_s=s.self_echo_ttl_s)
         except StoreUnavailable as exc:
             log.warning("recognition cache unavailable, not listening for self-echo: %s", exc)
@@ -717,22 +765,35 @@ class RecognitionCache:
             counts = self._counts[(tier, tenant)] = _Counts()
         return counts
 
-    def _count(self, tier: str, tenant: str, hit: bool, started: float, opened: Any = None) -> None:
+    def _tenant_label(self, tenant: str) -> str:
+        """The tenant's name in counters and metric labels; past _MAX_TENANTS tenants (ids a client may
+        make up when no API keys are configured), one row for the rest."""
+        if tenant in self._tenants or len(self._tenants) < _MAX_TENANTS:
+            self._tenants.add(tenant)
+            return tenant
+        return OTHER_TENANTS
+
+    def _count(
+        self, tier: str, tenant: str, hit: bool, started: float, opened: Any = None, *, request: bool = True
+    ) -> None:
+        """request False: a hit of a tier whose lookup was counted already."""
+        tenant = self._tenant_label(tenant)
         counts = self._counts_of(tier, tenant)
-        counts.requests += 1
+        counts.requests += request
         latency_s = self._clock() - started
         saved_s = 0.0
         if hit:
             counts.hits += 1
             value = getattr(opened, "value", opened)
-            if isinstance(value, dict):
-                saved_s = float(value.get("decode_s", 0.0))
+            decode_s = value.get("decode_s") if isinstance(value, dict) else None
+            if isinstance(decode_s, (int, float)) and math.isfinite(decode_s) and decode_s > 0:
+                saved_s = float(decode_s)
             counts.saved_s += saved_s
             counts.hit_latency_s.append(latency_s)
         self._observer.lookup(tier, tenant, hit, latency_s, saved_s)
 
     def _count_miss_latency(self, probe: Probe, decode_s: float) -> None:
-        self._counts_of(EXACT, probe.context.tenant_id).miss_latency_s.append(decode_s)
+        self._counts_of(EXACT, self._tenant_label(probe.context.tenant_id)).miss_latency_s.append(decode_s)
 
     def _watch_collisions(self, tenant: str, entry_key: str, audio_key: str) -> None:
         """One fuzzy entry answering many different recordings at once is a fingerprint collision
@@ -747,8 +808,9 @@ class RecognitionCache:
         seen.append((now, audio_key))
         recordings = {a for t, a in seen if t >= now - s.collision_window_s}
         if len(recordings) >= s.collision_recordings:
-            self._counts_of(FUZZY, tenant).collisions += 1
-            self._observer.collision(FUZZY, tenant)
+            label = self._tenant_label(tenant)
+            self._counts_of(FUZZY, label).collisions += 1
+            self._observer.collision(FUZZY, label)
             log.warning(
                 "fuzzy cache collision: one entry answered %d different recordings within %.0f s",
                 len(recordings),
@@ -777,15 +839,10 @@ class RecognitionCache:
         return rows
 
     def bypass_ratio(self, tenant_id: str | None = None) -> float:
-        """Utterances answered without the model, of those looked up (exact lookups count each)."""
-        looked = answered = 0
-        for (tier, tenant), c in self._counts.items():
-            if tenant_id is not None and tenant != tenant_id:
-                continue
-            if tier == EXACT:
-                looked += c.requests
-            if tier != COMPONENT:  # a component hit still runs the decoder
-                answered += c.hits
+        """Utterances answered (or dropped) without the model, of those looked up."""
+        tenants = list(self._looked) if tenant_id is None else [tenant_id]
+        looked = sum(self._looked.get(t, 0) for t in tenants)
+        answered = sum(self._answered.get(t, 0) for t in tenants)
         return answered / looked if looked else 0.0
 
     async def entries(self) -> list[tuple[str, StoreStats]]:
@@ -799,7 +856,11 @@ class RecognitionCache:
         return rows
 
     async def purge_user(self, tenant_id: str, user_id: str) -> int:
-        """Every record of the user in every tier (the store's owner index)."""
+        """Every record of the user in every tier (the store's owner index); what this process still
+        had to write of theirs is written first (and then removed), or dropped."""
+        if self.on_purge is not None:
+            self.on_purge(tenant_id, user_id)
+        await self.flush()
         return await self._keyring.store.purge_owner(await self._keyring.owner(tenant_id, user_id))
 
 
@@ -818,7 +879,18 @@ def _recent_replies(recent: Opened | None) -> list[str]:
     if recent is None or not isinstance(recent.value, list):
         return []
     now = time.time()
-    return [str(m[0]) for m in recent.value if isinstance(m, list) and len(m) == 2 and m[1] > now]
+    return [str(m[0]) for m in recent.value if _live(m, now)]
+
+
+def _live(member: Any, now: float) -> bool:
+    """A [entry key, listened for until] pair of a recent list, still in time."""
+    return (
+        isinstance(member, list)
+        and len(member) == 2
+        and isinstance(member[0], str)
+        and isinstance(member[1], (int, float))
+        and member[1] > now
+    )
 
 
 Hit = tuple[dict[str, Any], str, fp.Match]

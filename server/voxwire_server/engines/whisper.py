@@ -135,6 +135,8 @@ class _LoadedModel:
             local_files_only=True,
         )
         self.on_cpu = device == "cpu"
+        # Of an encoder output row, once one was made (warm-up makes one): a cached output must match.
+        self.encoder_width = 0
         self.multilingual = bool(self.whisper.model.is_multilingual)
         self.max_length = int(self.whisper.max_length)
         self._tokenizers: dict[str, tuple[Any, list[int]]] = {}
@@ -241,6 +243,7 @@ class WhisperRecognizer:
         self.model_version = _version(
             model_path or bundled_model_path(),
             accurate_model_path,
+            device,
             compute_type,
             accurate_beam_size,
             context_tokens,
@@ -461,10 +464,10 @@ class WhisperRecognizer:
         reused: dict[int, npt.NDArray[np.float32]] = {}
         # Two feature frames per encoder position: an output of another window length is not this one's.
         positions = (window // _HOP) // 2
-        if model.on_cpu:
+        if model.on_cpu and model.encoder_width:
             for i, r in enumerate(requests):
                 cached = r.encoder_output
-                if cached is not None and cached.ndim == 2 and cached.shape[0] == positions:
+                if cached is not None and cached.shape == (positions, model.encoder_width):
                     reused[i] = cached
         shapes = {a.shape for a in reused.values()}
         if len(shapes) > 1:
@@ -479,6 +482,7 @@ class WhisperRecognizer:
             )
             frames = features.shape[-1] - features.shape[-1] % 2
             fresh_out = model.encode(np.ascontiguousarray(features[:, :, :frames]))
+            model.encoder_width = int(fresh_out.shape[-1])
             if not reused:
                 return fresh_out, frames, set()
         (shape,) = shapes

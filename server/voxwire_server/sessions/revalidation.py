@@ -6,7 +6,6 @@ without any request waiting for it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +31,11 @@ _IDLE_POLL_S = 0.05
 class _Work:
     probe: Probe
     audio: npt.NDArray[np.int16]
+    sequence: int
+
+
+# Purged users remembered (so work queued before their purge stores nothing); the oldest go first.
+_MAX_PURGED = 10_000
 
 
 class Revalidator:
@@ -51,6 +55,9 @@ class Revalidator:
         self._limits = limits
         self._queue: asyncio.Queue[_Work] = asyncio.Queue(max_pending)
         self._pending: set[str] = set()
+        self._sequence = 0
+        # (tenant, user) -> the sequence at its latest purge: work queued before it stores nothing.
+        self._purged: dict[tuple[str, str], int] = {}
         self._on_outcome = on_outcome or (lambda outcome: None)
         self._task: asyncio.Task[None] | None = None
 
@@ -59,12 +66,24 @@ class Revalidator:
         next hit asks again)."""
         if probe.audio_key in self._pending:
             return
+        self._sequence += 1
         try:
-            self._queue.put_nowait(_Work(probe, audio))
+            self._queue.put_nowait(_Work(probe, audio, self._sequence))
         except asyncio.QueueFull:
             self._on_outcome("dropped")
             return
         self._pending.add(probe.audio_key)
+
+    def forget(self, tenant_id: str, user_id: str) -> None:
+        """The user was purged: what was queued for them, or is being decoded, is not stored."""
+        self._purged.pop((tenant_id, user_id), None)
+        self._purged[(tenant_id, user_id)] = self._sequence
+        while len(self._purged) > _MAX_PURGED:
+            self._purged.pop(next(iter(self._purged)))
+
+    def _purged_since(self, work: _Work) -> bool:
+        context = work.probe.context
+        return self._purged.get((context.tenant_id, context.user_id), 0) >= work.sequence
 
     def start(self) -> None:
         if self._task is None:
@@ -74,12 +93,16 @@ class Revalidator:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # gather, not a suppressed await: a cancellation of the caller itself still propagates.
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
             work = await self._queue.get()
+            if self._purged_since(work):
+                self._pending.discard(work.probe.audio_key)
+                self._on_outcome("purged")
+                continue
             try:
                 # Live finals first. The decoder signals nothing when its final queue empties, so
                 # this looks again every 50 ms, and only while finals wait.
@@ -90,6 +113,9 @@ class Revalidator:
                 request = WindowRequest(pcm16_to_float(work.audio), options, final=True)
                 # As a live final is decoded (a long utterance on the accurate tier, and so on).
                 decoded, tier = await decode_final(self._recognizer, request, self._limits)
+                if self._purged_since(work):
+                    self._on_outcome("purged")
+                    continue
                 await self._cache.store(work.probe, decoded, tier, time.perf_counter() - started)
                 self._on_outcome("refreshed")
             except asyncio.CancelledError:

@@ -236,9 +236,10 @@ class SynthesisSession:
         context = request.context
         if self._uses_cache(context):
             assert self._cache is not None
-            hit = await self._cache.get_phrase(plan.key, context)
+            hit = await self._cache.get_phrase(self._phrase_key(plan), context)
             if hit is not None:
-                for chunk in self._replay(plan, await self._expanded(hit))[1]:
+                hit = await self._expanded(hit)
+                for chunk in self._replay(plan, hit)[1]:
                     yield chunk
                 await self._listen_for_echo(plan, hit)
                 return
@@ -258,7 +259,7 @@ class SynthesisSession:
         hit = None
         if self._uses_cache(context):
             assert self._cache is not None
-            hit = await self._cache.get_phrase(plan.key, context)
+            hit = await self._cache.get_phrase(self._phrase_key(plan), context)
         if hit is not None:
             chunks = self._replay(plan, await self._expanded(hit))[0]
         else:
@@ -322,7 +323,7 @@ class SynthesisSession:
             finally:
                 emitter.close()
             kept = await self._kept(plan, emitter.cached())
-            n_phrases += await self._cache.put_phrase(plan.key, None, kept)
+            n_phrases += await self._cache.put_phrase(self._phrase_key(plan), None, kept)
         for source, template in parsed:
             # The template spoken with each slot's name in its place stands in for a reply.
             names = tuple((name, name.replace("_", " ")) for name in template.slots)
@@ -342,15 +343,25 @@ class SynthesisSession:
         request's cache policy like any other: a repeat is a HIT, and PurgeUser removes it."""
         if self._cache is not None and self._uses_cache(plan.request.context):
             kept = await self._kept(plan, emitter.cached())
-            await self._cache.put_phrase(plan.key, plan.request.context, kept)
+            await self._cache.put_phrase(self._phrase_key(plan), plan.request.context, kept)
+
+    def _compresses(self, plan: _Plan) -> bool:
+        return bool(self._limits.cache_opus_bit_rate) and plan.request.encoding in (
+            Encoding.LINEAR16,
+            Encoding.WAV,
+        )
+
+    def _phrase_key(self, plan: _Plan) -> str:
+        """Compressed entries under keys of their own: a replica without compression (an older one,
+        during a rolling update) never finds them and replays Opus bytes as PCM."""
+        return f"{plan.key}:opus{self._limits.cache_opus_bit_rate}" if self._compresses(plan) else plan.key
 
     async def _kept(self, plan: _Plan, audio: CachedAudio) -> CachedAudio:
         """What the phrase cache keeps of a reply: PCM compressed to Opus when the operator asked for it
         (--tts-cache-opus-kbps); everything else as it was sent."""
-        bit_rate = self._limits.cache_opus_bit_rate
-        if not bit_rate or plan.request.encoding not in (Encoding.LINEAR16, Encoding.WAV):
+        if not self._compresses(plan):
             return audio
-        return await asyncio.to_thread(_compressed, audio, bit_rate)
+        return await asyncio.to_thread(_compressed, audio, self._limits.cache_opus_bit_rate)
 
     async def _expanded(self, hit: CachedAudio) -> CachedAudio:
         return await asyncio.to_thread(_expanded, hit) if hit.codec == OPUS else hit

@@ -12,7 +12,7 @@ from voxwire.v1 import cache_admin_pb2, cache_admin_pb2_grpc
 from voxwire_server import __version__, auth
 from voxwire_server.domain import AudioFormat, Encoding
 from voxwire_server.engines.audio import ASR_SAMPLE_RATE_HZ, decode_clip, float_to_pcm16
-from voxwire_server.errors import InvalidInput, NotImplementedCapability
+from voxwire_server.errors import InvalidInput, LimitExceeded, NotImplementedCapability
 from voxwire_server.logcontext import new_request_id
 from voxwire_server.sessions.runtime import Runtime
 from voxwire_server.transport import convert
@@ -108,15 +108,15 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
             if not request.user_id:
                 raise InvalidInput("user_id is empty: PurgeUser removes one user's entries")
             tenant_id, user_id = _purge_scope(request.tenant_id, request.user_id)
+            removed = 0
             recognition = self._rt.recognition_cache
             if recognition is not None:
-                await recognition.flush()  # no fingerprint written in the background after the purge
-            cache = self._rt.synthesis_cache
-            # One owner index serves every cache of the store: the synthesis cache's purge removes the
-            # user's recognition entries (every tier) as well.
-            removed = await cache.purge_user(tenant_id, user_id) if cache is not None else 0
-            if recognition is not None:
+                # First, after its own writes in the background and its refreshes: none lands after.
                 removed += await recognition.purge_user(tenant_id, user_id)
+            cache = self._rt.synthesis_cache
+            # One owner index serves every cache of the store: what the recognition cache's purge left
+            # (the synthesis entries, or all of them without a recognition cache) goes here.
+            removed += await cache.purge_user(tenant_id, user_id) if cache is not None else 0
             states = self._rt.stream_states
             if states is not None:
                 # Live stream state is the user's too: their streams can no longer be resumed.
@@ -164,7 +164,7 @@ class CacheAdminServicer(cache_admin_pb2_grpc.CacheAdminServicer):
                 limit_s = cache.settings.max_audio_s
                 samples = await asyncio.to_thread(decode_clip, request.audio, fmt, limit_s)
                 if samples.size > limit_s * ASR_SAMPLE_RATE_HZ:
-                    raise InvalidInput(f"the audio of a correction is at most {limit_s:g} s")
+                    raise LimitExceeded(f"the audio of a correction is at most {limit_s:g} s")
                 audio = float_to_pcm16(samples)
             await cache.correct(
                 ctx, language, request.corrected_transcript, audio=audio, audio_key=request.cache_key
