@@ -146,7 +146,8 @@ class Telemetry:
         )
         self.asr_cache_stale = Counter(
             "voxwire_asr_cache_stale",
-            "exact entries of an older model version: served, then refreshed, dropped (queue full) or failed",
+            "exact entries of an older model version: served, then refreshed, dropped (queue full), "
+            "failed or purged",
             ["outcome"],
             registry=r,
         )
