@@ -46,6 +46,7 @@ bench: $(STAMP) ## Run the benchmarks (loopback only, bounded)
 	$(PY) benchmarks/stream_state.py
 	$(PY) benchmarks/resume.py
 	$(PY) benchmarks/fingerprint_quality.py
+	$(PY) benchmarks/cache_lookup.py
 	$(PY) benchmarks/cache_workload.py
 	$(PY) benchmarks/tts_cache_compression.py
 	$(PY) benchmarks/asr_load.py
