@@ -131,6 +131,44 @@ class VoiceActivityDetector(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class DecoderBeam:
+    """One hypothesis of a decoder search: the whole token sequence (head, forced tokens, then chosen
+    ones), the log-probability of each token after the head, whether it ended, and the
+    self-attention K-V of every position but the last (float16 bytes; empty when not kept)."""
+
+    tokens: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finished: bool
+    kv: bytes = b""
+    # Greedy searches: the argmax at each position after the head (it differs from the token where a
+    # forced token was taken), so a later decode knows without a pass how far the tokens hold for it.
+    choices: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderState:
+    """A stream's last decoder search, as an engine with an explicit K-V cache left it: what a later
+    decode over the same window goes on from (its K-V is valid only for the window it was computed on,
+    named by ``window``), under the same settings, head (prompt) and forced tokens."""
+
+    window: str
+    settings: str
+    head: tuple[int, ...]
+    forced: tuple[int, ...]
+    live: tuple[DecoderBeam, ...]
+    finished: tuple[DecoderBeam, ...]
+    no_speech_prob: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return not self.live
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(len(b.kv) for b in (*self.live, *self.finished))
+
+
+@dataclass(frozen=True, slots=True)
 class WindowRequest:
     """One utterance (or the utterance so far) to decode on a short window."""
 
@@ -149,6 +187,14 @@ class WindowRequest:
     encoder_output: npt.NDArray[np.float32] | None = None
     # Hand the encoder output back (WindowResult.encoder_output) for the cache to keep.
     keep_encoder_output: bool = False
+    # What this stream's last decode of the utterance produced (its best tokens): an engine that can
+    # verify a draft in one pass keeps it as far as it is what the decoder would choose anyway.
+    draft: tuple[int, ...] = ()
+    # The stream's last search, continued where it still holds (same window); engines without an
+    # explicit K-V cache ignore both.
+    decoder_state: DecoderState | None = None
+    # Hand this decode's search back (WindowResult.decoder_state), with its K-V when keep_kv.
+    keep_decoder_state: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,3 +207,6 @@ class WindowResult:
     encoder_output: npt.NDArray[np.float32] | None = None
     # The request's encoder_output was used: the encoder did not run for it.
     encoder_reused: bool = False
+    # The best hypothesis's tokens (a draft for the stream's next decode of this utterance).
+    tokens: tuple[int, ...] = ()
+    decoder_state: DecoderState | None = None

@@ -1,0 +1,528 @@
+"""Greedy and beam search over TorchWhisperDecoder, with what CTranslate2's generate does not have:
+a known run of tokens is fed in one pass (the committed prefix, and a draft: the tokens a stream's
+last decode produced, accepted while they equal the argmax, so a final usually costs one pass and a
+few steps), and a search can be exported (tokens, scores, K-V per beam) and continued elsewhere."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from voxwire_server.engines.base import DecoderBeam, DecoderState
+from voxwire_server.engines.torch_decoder import KVCache, TorchWhisperDecoder
+
+# Draft tokens fed in one pass after the first (which feeds the whole draft): a mismatch wastes the
+# positions after it.
+DRAFT_PER_PASS = 16
+# The argmax of a position that was not computed (a forced token's).
+UNKNOWN = -1
+
+__all__ = ["Generated", "SearchRow", "SearchSettings", "TorchSearch", "window_fingerprint"]
+
+
+def window_fingerprint(audio: npt.NDArray[np.float32], window_samples: int) -> str:
+    """What the self-attention K-V of a decode depends on besides its tokens: the encoder's input,
+    which the audio and the window length determine."""
+    digest = hashlib.blake2b(np.ascontiguousarray(audio, dtype=np.float32).tobytes(), digest_size=16)
+    digest.update(f"/{audio.size}/{window_samples}".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSettings:
+    """What changes a search's outcome besides its window and prompt: a stored search is continued
+    only under the same settings."""
+
+    beam_size: int = 1
+    num_hypotheses: int = 1
+    # CTranslate2's max_length: a decode chooses at most min(max_length // 2, max_length - head + 1)
+    # tokens (forced ones included), as CTranslate2's Whisper generate does (measured).
+    max_length: int = 448
+    repetition_penalty: float = 1.0
+    suppress_blank: bool = True
+    suppress_tokens: tuple[int, ...] = ()
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.blake2b(repr(self).encode(), digest_size=8)
+        return digest.hexdigest()
+
+    def end_at(self, head: int) -> int:
+        """The sequence length (head included) at which a decode stops."""
+        return head + max(1, min(self.max_length // 2, self.max_length - head + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRow:
+    """One window's search: ``head`` (previous text, start of transcript, no timestamps) and ``forced``
+    tokens (the committed prefix) are given; ``draft`` is a guess of what follows; ``state`` a stored
+    search of this stream, continued when it ran on the same window, head, forced tokens and settings."""
+
+    window: str
+    head: tuple[int, ...]
+    forced: tuple[int, ...] = ()
+    draft: tuple[int, ...] = ()
+    state: DecoderState | None = None
+    keep_kv: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """What CTranslate2's generate returns (sequences after the head, length-normalized scores, the
+    no-speech probability), the search state to store, and what the decoder did for it."""
+
+    sequences_ids: list[list[int]]
+    scores: list[float]
+    no_speech_prob: float
+    state: DecoderState
+    passes: int = 0
+    steps: int = 0
+    accepted_draft: int = 0
+    # Tokens after the head taken from the stored search (with their K-V).
+    reused: int = 0
+
+
+@dataclass(slots=True)
+class _Beam:
+    tokens: list[int]
+    logprobs: list[float] = field(default_factory=list)
+    # The sequence length at which it stops (SearchSettings.end_at).
+    end_at: int = 0
+    # The argmax at each position after the head (differs from the token where it was forced).
+    choices: list[int] = field(default_factory=list)
+
+
+class TorchSearch:
+    def __init__(
+        self, decoder: TorchWhisperDecoder, *, eot: int, blank: tuple[int, ...], no_speech: int
+    ) -> None:
+        self.decoder = decoder
+        self.eot = eot
+        self.blank = blank
+        self.no_speech = no_speech
+        self._id_tensors: dict[tuple[int, ...], torch.Tensor] = {}
+
+    # -- logits -> choices -------------------------------------------------------------------------
+
+    def _processed(
+        self, logits: torch.Tensor, generated: list[int], first: bool, settings: SearchSettings
+    ) -> torch.Tensor:
+        """Log-probabilities of one position after suppression and the repetition penalty."""
+        logits = logits.clone()
+        if settings.suppress_tokens:
+            logits.index_fill_(0, self._ids(settings.suppress_tokens), -math.inf)
+        if first and settings.suppress_blank:
+            logits.index_fill_(0, self._ids((*self.blank, self.eot)), -math.inf)
+        if settings.repetition_penalty != 1.0 and generated:
+            seen = torch.tensor(sorted(set(generated)), dtype=torch.long)
+            values = logits[seen]
+            penalty = settings.repetition_penalty
+            logits[seen] = torch.where(values > 0, values / penalty, values * penalty)
+        return torch.log_softmax(logits, dim=-1)
+
+    def _batch_processed(
+        self, logits: torch.Tensor, first_index: int, settings: SearchSettings
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """_processed for consecutive positions at once (the first choosing token ``first_index``
+        after the head), with their argmax; None where the repetition penalty makes each depend on
+        the tokens before it."""
+        if settings.repetition_penalty != 1.0:
+            return None
+        logits = logits.clone()
+        if settings.suppress_tokens:
+            logits.index_fill_(1, self._ids(settings.suppress_tokens), -math.inf)
+        if first_index == 0 and settings.suppress_blank:
+            logits[0].index_fill_(0, self._ids((*self.blank, self.eot)), -math.inf)
+        lps = torch.log_softmax(logits, dim=-1)
+        return lps, torch.argmax(lps, dim=-1)
+
+    def _ids(self, tokens: tuple[int, ...]) -> torch.Tensor:
+        """Token ids as a tensor, made once per set (suppression lists are the same for every step)."""
+        ids = self._id_tensors.get(tokens)
+        if ids is None:
+            if len(self._id_tensors) > 64:
+                self._id_tensors.clear()
+            ids = self._id_tensors[tokens] = torch.tensor(tokens, dtype=torch.long)
+        return ids
+
+    def _no_speech(self, logits: torch.Tensor) -> float:
+        return float(torch.softmax(logits, dim=-1)[self.no_speech])
+
+    # -- greedy --------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def greedy(
+        self,
+        encoder_output: npt.NDArray[np.float32] | torch.Tensor,
+        rows: list[SearchRow],
+        settings: SearchSettings,
+    ) -> list[Generated]:
+        """Greedy decoding of a batch of windows, equal token for token to decoding step by step.
+
+        A row starts where its stored search still holds (same window, head and settings): the stored
+        tokens are taken, with their K-V, as long as decoding step by step would choose them too (the
+        stored argmax of every position says so). Then the decoder runs in passes over all rows at
+        once: the first feeds each row's known tokens (the rest of the head, the forced ones, the
+        draft), each later one a row's last chosen token and what the draft says comes next. A fed
+        draft token is kept while it is the argmax; after a mismatch the draft picks up again where
+        it holds the last tokens chosen (a word changed, added or dropped). Invariant: a row's cache
+        holds every token but its last chosen one, which is fed next."""
+        n = len(rows)
+        beams = [_Beam(list(r.head), end_at=settings.end_at(len(r.head))) for r in rows]
+        cache = self.decoder.start(encoder_output, max(b.end_at for b in beams) + 1)
+        done = [False] * n
+        no_speech = [0.0] * n
+        accepted = [0] * n
+        reused = [0] * n
+        feed: list[list[int]] = []
+        drafts: list[list[int]] = []
+        cursors = [0] * n
+        synced = [True] * n
+        for i, row in enumerate(rows):
+            taken = self._take_stored(row, settings, beams[i], cache, i)
+            reused[i] = taken
+            # The draft after the tokens taken: the forced ones left come first, then the draft's rest.
+            index = len(beams[i].tokens) - len(row.head)
+            forced = list(row.forced[index:])
+            draft = list(row.draft)
+            beyond = index - len(row.forced)
+            if beyond > 0:
+                taken_free = beams[i].tokens[len(row.head) + len(row.forced) :]
+                draft = draft[beyond:] if draft[:beyond] == taken_free else []
+            drafts.append(draft)
+            if taken:
+                no_speech[i] = row.state.no_speech_prob if row.state is not None else 0.0
+                done[i] = self._ended(beams[i], settings)
+            room = max(0, beams[i].end_at - len(beams[i].tokens) - len(forced))
+            start = beams[i].tokens[-1:] if taken else list(row.head)
+            feed.append([] if done[i] else [*start, *forced, *draft[:room]])
+        passes = 0
+        while any(feed):
+            passes += 1
+            tokens = torch.zeros((n, max(len(f) for f in feed)), dtype=torch.long)
+            for i, f in enumerate(feed):
+                if f:
+                    tokens[i, : len(f)] = torch.tensor(f, dtype=torch.long)
+            starts = list(cache.lengths)
+            hidden = self.decoder.forward(cache, tokens, [len(f) for f in feed])
+            for i, row in enumerate(rows):
+                if not feed[i]:
+                    continue
+                ns, kept, missed = self._verify(beams[i], hidden[i], starts[i], row, feed[i], settings)
+                if passes == 1 and not reused[i]:
+                    no_speech[i] = ns
+                accepted[i] += kept
+                done[i] = self._ended(beams[i], settings)
+                cursors[i] += kept + missed
+                synced[i] = synced[i] and not missed
+                if not synced[i]:
+                    found = self._resync(beams[i].tokens[len(row.head) :], drafts[i], cursors[i])
+                    if found is not None:
+                        cursors[i], synced[i] = found, True
+            # A row's cache is valid up to its chosen tokens; what was fed past a mismatch is overwritten.
+            cache.lengths = [len(b.tokens) - 1 for b in beams]
+            for i, beam in enumerate(beams):
+                room = max(0, beam.end_at - len(beam.tokens))
+                ahead = drafts[i][cursors[i] : cursors[i] + min(room, DRAFT_PER_PASS)] if synced[i] else []
+                feed[i] = [] if done[i] else [beam.tokens[-1], *ahead]
+        results = []
+        for i, row in enumerate(rows):
+            kept_beam = self._hypothesis(beams[i], cache, i, row.keep_kv, settings)
+            state = DecoderState(
+                row.window,
+                settings.key,
+                row.head,
+                row.forced,
+                () if kept_beam.finished else (kept_beam,),
+                (kept_beam,) if kept_beam.finished else (),
+                no_speech[i],
+            )
+            out, score = self._output(beams[i], len(row.head), len(row.forced))
+            results.append(
+                Generated([out], [score], no_speech[i], state, passes, passes, accepted[i], reused[i])
+            )
+        return results
+
+    @staticmethod
+    def _resync(generated: list[int], draft: list[int], cursor: int) -> int | None:
+        """Where the draft goes on after a mismatch: just past the first place from ``cursor`` on
+        where it holds the last two tokens chosen (else the last one); None if nowhere yet."""
+        for n, reach in ((2, len(draft)), (1, cursor + 6)):
+            if len(generated) < n:
+                continue
+            tail = generated[-n:]
+            # A single token ("," " the") recurs: it resyncs only near where the draft went wrong.
+            for j in range(max(n, cursor), min(len(draft), reach)):
+                if draft[j - n : j] == tail:
+                    return j
+        return None
+
+    def _take_stored(
+        self, row: SearchRow, settings: SearchSettings, beam: _Beam, cache: KVCache, i: int
+    ) -> int:
+        """Takes what holds of the row's stored search into its beam and cache; how many tokens after
+        the head were taken (0: none, the row starts from scratch)."""
+        state = self._continuable(row, settings, greedy=True)
+        if state is None:
+            return 0
+        (stored,) = state.live or state.finished
+        head = len(row.head)
+        generated = stored.tokens[head:]
+        taken = 0
+        for k, token in enumerate(generated):
+            # Step by step would take the forced token here, else the argmax: the stored one holds
+            # only if it is that, and then so does the K-V it was fed with.
+            expected = row.forced[k] if k < len(row.forced) else stored.choices[k]
+            if token != expected:
+                break
+            taken += 1
+        if taken == 0:
+            return 0
+        length = head + taken
+        # K-V of every token but the last taken (it is fed next, or it ended the search).
+        cache.load(i, stored.kv, length - 1, stored_length=len(stored.tokens) - 1)
+        beam.tokens = list(stored.tokens[:length])
+        beam.logprobs = list(stored.logprobs[:taken])
+        beam.choices = list(stored.choices[:taken])
+        return taken
+
+    def _verify(
+        self,
+        beam: _Beam,
+        hidden: torch.Tensor,
+        start: int,
+        row: SearchRow,
+        fed: list[int],
+        settings: SearchSettings,
+    ) -> tuple[float, int, int]:
+        """Choices at the positions of a pass that fed ``fed`` from position ``start``: forced tokens
+        as given, then the argmax while it equals what was fed. Returns the no-speech probability
+        (when the pass fed the head), how many draft tokens were kept and whether (1) a fed draft
+        token was not the argmax."""
+        head, forced = len(row.head), len(row.forced)
+        sot = head - 2 - start  # the start of transcript, before no-timestamps (when it was fed)
+        no_speech = self._no_speech(self.decoder.log_probs(hidden[sot])) if sot >= 0 else 0.0
+        first = max(start, head - 1)  # the first position whose logits choose a token
+        last = start + len(fed) - 1
+        # Forced tokens are taken as they are: the positions that choose them need no logits (their
+        # argmax is unknown, and their log-probability is left out of the score).
+        while first + 1 - head < forced and first < last:
+            beam.tokens.append(row.forced[first + 1 - head])
+            beam.logprobs.append(0.0)
+            beam.choices.append(UNKNOWN)
+            first += 1
+            if self._ended(beam, settings):
+                return no_speech, 0, 0
+        positions = list(range(first, last + 1))
+        logits = self.decoder.log_probs(hidden[[p - start for p in positions]])
+        kept = missed = 0
+        batched = self._batch_processed(logits, first + 1 - head, settings)
+        if batched is not None:
+            lps, choices = batched[0], batched[1].tolist()
+        for k, position in enumerate(positions):
+            index = position + 1 - head  # which token after the head this position chooses
+            if batched is None:
+                lp = self._processed(logits[k], beam.tokens[head:], index == 0, settings)
+                choice = int(torch.argmax(lp))
+            else:
+                lp, choice = lps[k], choices[k]
+            token = row.forced[index] if index < forced else choice
+            beam.tokens.append(token)
+            beam.logprobs.append(float(lp[token]))
+            beam.choices.append(choice)
+            following = position + 1 - start
+            if following < len(fed) and fed[following] != token:
+                missed = 1
+                break
+            if self._ended(beam, settings) or following >= len(fed):
+                break
+            if index >= forced:
+                kept += 1
+        return no_speech, kept, missed
+
+    def _ended(self, beam: _Beam, settings: SearchSettings) -> bool:
+        return beam.tokens[-1] == self.eot or len(beam.tokens) >= beam.end_at
+
+    def _choose(self, beam: _Beam, logits: torch.Tensor, settings: SearchSettings, head: int) -> None:
+        lp = self._processed(logits, beam.tokens[head:], len(beam.tokens) == head, settings)
+        token = int(torch.argmax(lp))
+        beam.tokens.append(token)
+        beam.logprobs.append(float(lp[token]))
+        beam.choices.append(token)
+
+    def _hypothesis(
+        self, beam: _Beam, cache: KVCache, row: int, keep_kv: bool, settings: SearchSettings
+    ) -> DecoderBeam:
+        kv = cache.export(row, len(beam.tokens) - 1) if keep_kv else b""
+        return DecoderBeam(
+            tuple(beam.tokens), tuple(beam.logprobs), self._ended(beam, settings), kv, tuple(beam.choices)
+        )
+
+    def _output(self, beam: _Beam | DecoderBeam, head: int, forced: int = 0) -> tuple[list[int], float]:
+        """The tokens after the head without the end of text, and the mean log-probability of the
+        tokens chosen (forced ones are not: greedy decoding does not score them)."""
+        out = list(beam.tokens[head:])
+        if out and out[-1] == self.eot:
+            out.pop()
+        scored = list(beam.logprobs)
+        if forced and len(beam.choices) == len(scored):
+            scored = [lp for lp, c in zip(scored, beam.choices, strict=True) if c != UNKNOWN]
+        return out, sum(scored) / max(1, len(scored))
+
+    def _continuable(self, row: SearchRow, settings: SearchSettings, *, greedy: bool) -> DecoderState | None:
+        """The row's stored search, when it ran on this window (its K-V is valid only there), with this
+        head and these settings, and kept its K-V; a beam search also needs the same forced tokens."""
+        state = row.state
+        if state is None or state.window != row.window or state.settings != settings.key:
+            return None
+        if state.head != row.head or (not greedy and state.forced != row.forced):
+            return None
+        beams = state.live or state.finished
+        if not beams or (greedy and len(beams) != 1):
+            return None
+        per_token = self.decoder.kv_bytes_per_token
+        needs_kv = beams if greedy else state.live
+        for b in needs_kv:
+            if len(b.kv) != (len(b.tokens) - 1) * per_token or len(b.tokens) <= len(row.head):
+                return None
+            if greedy and len(b.choices) != len(b.tokens) - len(row.head):
+                return None
+        return state
+
+    # -- beam search -----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def beam_search(
+        self,
+        encoder_output: npt.NDArray[np.float32] | torch.Tensor,
+        rows: list[SearchRow],
+        settings: SearchSettings,
+        *,
+        max_steps: int | None = None,
+    ) -> list[Generated]:
+        """Beam search per window, its beams batched in the decoder and their K-V reordered as beams
+        are chosen. ``max_steps`` stops early (the search state says where it stood: a later call
+        with that state goes on with the same search)."""
+        encoded = torch.as_tensor(encoder_output)
+        return [self._beam_row(encoded[i : i + 1], row, settings, max_steps) for i, row in enumerate(rows)]
+
+    def _beam_row(
+        self, encoded: torch.Tensor, row: SearchRow, settings: SearchSettings, max_steps: int | None
+    ) -> Generated:
+        width = settings.beam_size
+        head = len(row.head)
+        end_at = settings.end_at(head)
+        stored = self._continuable(row, settings, greedy=False)
+        passes = steps = 0
+        if stored is not None:
+            live = [_Beam(list(h.tokens), list(h.logprobs), end_at) for h in stored.live]
+            finished = list(stored.finished)
+            no_speech = stored.no_speech_prob
+            if not live:
+                return self._beam_result(row, settings, [], finished, None, no_speech, 0, 0, True)
+            cache = self.decoder.start(encoded.expand(len(live), -1, -1), end_at + 1)
+            for j, h in enumerate(stored.live):
+                cache.load(j, h.kv, len(h.tokens) - 1)
+            fed = torch.tensor([[b.tokens[-1]] for b in live], dtype=torch.long)
+            hidden = self.decoder.forward(cache, fed, [1] * len(live))
+            logits = self.decoder.log_probs(hidden[:, 0])
+            passes = 1
+        else:
+            cache = self.decoder.start(encoded, end_at + 1)
+            known = [*row.head, *row.forced]
+            hidden = self.decoder.forward(cache, torch.tensor([known], dtype=torch.long), [len(known)])
+            passes = 1
+            every = self.decoder.log_probs(hidden[0, [head - 2, *range(head - 1, len(known))]])
+            no_speech = self._no_speech(every[0])
+            beam = _Beam(list(row.head), end_at=end_at)
+            for k, token in enumerate(row.forced[: end_at - head]):
+                lp = self._processed(every[k + 1], beam.tokens[head:], k == 0, settings)
+                beam.tokens.append(token)
+                beam.logprobs.append(float(lp[token]))
+            live, finished = [beam], []
+            logits = every[-1:]
+        while live and len(finished) < width and (max_steps is None or steps < max_steps):
+            lps = torch.stack(
+                [
+                    self._processed(logits[j], b.tokens[head:], len(b.tokens) == head, settings)
+                    for j, b in enumerate(live)
+                ]
+            )
+            totals = lps + torch.tensor([sum(b.logprobs) for b in live])[:, None]
+            top = torch.topk(totals.flatten(), min(2 * width, totals.numel()))
+            vocab = lps.shape[1]
+            chosen: list[_Beam] = []
+            parents: list[int] = []
+            for flat in top.indices.tolist():
+                parent, token = divmod(int(flat), vocab)
+                beam = _Beam(
+                    [*live[parent].tokens, token], [*live[parent].logprobs, float(lps[parent, token])]
+                )
+                if token == self.eot or len(beam.tokens) >= end_at:
+                    if len(finished) < width:
+                        kv = cache.export(parent, len(beam.tokens) - 1) if row.keep_kv else b""
+                        finished.append(DecoderBeam(tuple(beam.tokens), tuple(beam.logprobs), True, kv))
+                elif len(chosen) < width:
+                    chosen.append(beam)
+                    parents.append(parent)
+                if len(chosen) == width:
+                    break
+            steps += 1
+            live = chosen
+            if not live or len(finished) >= width:
+                break
+            cache = cache.select(torch.tensor(parents, dtype=torch.long))
+            if max_steps is not None and steps >= max_steps:
+                return self._beam_result(
+                    row, settings, live, finished, cache, no_speech, passes, steps, False
+                )
+            fed = torch.tensor([[b.tokens[-1]] for b in live], dtype=torch.long)
+            hidden = self.decoder.forward(cache, fed, [1] * len(live))
+            passes += 1
+            logits = self.decoder.log_probs(hidden[:, 0])
+        if len(finished) >= width:
+            live = []
+        return self._beam_result(
+            row, settings, live, finished, cache, no_speech, passes, steps, stored is not None
+        )
+
+    def _beam_result(
+        self,
+        row: SearchRow,
+        settings: SearchSettings,
+        live: list[_Beam],
+        finished: list[DecoderBeam],
+        cache: KVCache | None,
+        no_speech: float,
+        passes: int,
+        steps: int,
+        reused: bool,
+    ) -> Generated:
+        head = len(row.head)
+        kept_live = tuple(
+            DecoderBeam(
+                tuple(b.tokens),
+                tuple(b.logprobs),
+                False,
+                cache.export(j, len(b.tokens) - 1) if row.keep_kv and cache is not None else b"",
+            )
+            for j, b in enumerate(live)
+        )
+        state = DecoderState(
+            row.window, settings.key, row.head, row.forced, kept_live, tuple(finished), no_speech
+        )
+        # Ranked by mean log-probability; a search stopped early ranks its live beams too.
+        ranked = sorted([*finished, *kept_live], key=lambda h: -_mean(h.logprobs))
+        outputs = [self._output(h, head) for h in ranked[: settings.num_hypotheses]]
+        return Generated(
+            [o for o, _ in outputs], [s for _, s in outputs], no_speech, state, passes, steps, 0, int(reused)
+        )
+
+
+def _mean(logprobs: tuple[float, ...]) -> float:
+    return sum(logprobs) / max(1, len(logprobs))
