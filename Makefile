@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@echo "voxwire: installing into $(VENV) (the first time takes about a minute and a half)..."
 	@scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[server,dev]'
+	$(PY) -m pip install --quiet -e '.[server,dev,torch]'
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create or update .venv with the server, client and dev tools

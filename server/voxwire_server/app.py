@@ -202,6 +202,8 @@ def _load_engines(config: ServerConfig) -> tuple[WhisperRecognizer, HibariSynthe
         workers=config.effective_asr_workers,
         context_tokens=config.asr_context_tokens,
         min_window_s=config.asr_min_window_s,
+        engine=config.asr_engine,
+        keep_kv=config.asr_state_kv == "on",
     )
     synthesizer = HibariSynthesizer(
         config.tts_voice, threads=config.tts_threads, workers=config.effective_tts_workers
@@ -284,6 +286,7 @@ class App:
         log.info("recognition model version %s (what cache keys hold)", recognizer.model_version)
         self.runtime.set_engines(*self._engines)
         self.runtime.telemetry.watch_decoder(self._engines[0].batching)
+        self.runtime.telemetry.watch_decoder_work(self._engines[0].engine, self._engines[0].decoder_stats)
         await self._grpc.set_serving(True)
         log.info("serving (%s, %s)", self._engines[0].model_name, self._engines[1].model_name)
 

@@ -6,6 +6,7 @@ import argparse
 import base64
 import binascii
 import dataclasses
+import importlib.util
 import ipaddress
 import math
 import os
@@ -78,6 +79,14 @@ class ServerConfig:
     )
     asr_compute_type: str = _opt("int8", "CTranslate2 compute type (int8, int8_float32, float32, ...)")
     asr_device: str = _opt("cpu", "cpu or cuda")
+    asr_engine: str = _opt(
+        "ctranslate2",
+        "ASR decoder: ctranslate2, or torch (PyTorch on the same weights, with an explicit K-V cache: "
+        "drafts verified in one pass, searches kept in the stream state; needs voxwire[torch])",
+    )
+    asr_state_kv: str = _opt(
+        "on", "torch engine: keep each stream's self-attention K-V in its stream state (on or off)"
+    )
     asr_cpu_threads: int = _opt(1, "threads inside each ASR decode (more workers scale better than threads)")
     asr_workers: int = _opt(
         0, "ASR decoder workers, each with its own model replica (0 = one per usable CPU core, at most 4)"
@@ -453,6 +462,15 @@ class ServerConfig:
         _ = self.asr_cache_tier_set
         if self.tts_cache_opus_kbps and not 6 <= self.tts_cache_opus_kbps <= 256:
             raise ConfigError(f"tts_cache_opus_kbps must be 0 or 6..256, got {self.tts_cache_opus_kbps}")
+        if self.asr_engine not in ("ctranslate2", "torch"):
+            raise ConfigError(f"asr_engine must be ctranslate2 or torch, got {self.asr_engine!r}")
+        if self.asr_state_kv not in ("on", "off"):
+            raise ConfigError(f"asr_state_kv must be on or off, got {self.asr_state_kv!r}")
+        if self.asr_engine == "torch" and importlib.util.find_spec("torch") is None:
+            raise ConfigError(
+                "asr_engine torch needs PyTorch: pip install 'voxwire[torch]' (a CPU build: "
+                "--index-url https://download.pytorch.org/whl/cpu)"
+            )
         if self.asr_cache_fuzzy not in ("on", "off"):
             raise ConfigError(f"asr_cache_fuzzy must be on or off, got {self.asr_cache_fuzzy!r}")
         if self.max_message_mb < 0:

@@ -7,6 +7,7 @@ twice."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -42,8 +43,15 @@ class Cluster:
         return self.replicas[1]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def _engines() -> list[object]:
+    torch_missing = importlib.util.find_spec("torch") is None
+    skip = pytest.mark.skip(reason="the torch engine needs PyTorch (pip install 'voxwire[torch]')")
+    return ["ctranslate2", pytest.param("torch", marks=[skip] if torch_missing else [])]
+
+
+# Both decoder engines: the torch engine's streams carry its decoder search in their state.
+@pytest.fixture(scope="module", params=_engines())
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     haproxy_binary()
     logs = tmp_path_factory.mktemp("failover")
     with redis_server(logs, policy="noeviction") as (url, _):
@@ -61,6 +69,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             # interrupted run could differ from the reference for that reason alone.
             "--accurate-min-utterance-s", "0",
             "--escalation-confidence", "0",
+            "--asr-engine", request.param,
         ]  # fmt: skip
         replicas = [Replica("r1", args, logs), Replica("r2", args, logs)]
         balancer: HaProxy | None = None

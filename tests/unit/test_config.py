@@ -44,6 +44,8 @@ def test_flags_win_over_environment() -> None:
         (["--asr-cache-tiers", "exact,fuzzy"], "unknown tier 'fuzzy'.*--asr-cache-fuzzy on"),
         (["--asr-cache-tiers", "exact,speedy"], "unknown tier 'speedy'"),
         (["--asr-cache-fuzzy", "yes"], "asr_cache_fuzzy must be on or off"),
+        (["--asr-engine", "onnx"], "asr_engine must be ctranslate2 or torch"),
+        (["--asr-state-kv", "maybe"], "asr_state_kv must be on or off"),
         (["--asr-cache-exact-ttl-s", "0"], "asr_cache_exact_ttl_s must be positive"),
         (["--asr-cache-self-echo-ttl-s", "-5"], "asr_cache_self_echo_ttl_s must be positive"),
     ],

@@ -24,6 +24,7 @@ from voxwire_server.domain import (
     UtteranceEnd,
     Word,
 )
+from voxwire_server.engines.base import DecoderBeam, DecoderState
 from voxwire_server.sessions.agreement import LocalAgreement
 from voxwire_server.sessions.endpointing import Endpointer
 from voxwire_server.sessions.stream_state import KeptFinal, StreamState, StreamStateError
@@ -79,7 +80,20 @@ def _state() -> StreamState:
         last_partial_at=20_000,
         finals=(KeptFinal(8, final), KeptFinal(9, replace(final, utterance_index=4, end=None))),
         resend_from=7,
+        draft=(50257, 400, 401, 13),
+        search=SEARCH,
     )
+
+
+SEARCH = DecoderState(
+    window="ab" * 16,
+    settings="cd" * 8,
+    head=(50257, 50362),
+    forced=(400,),
+    live=(DecoderBeam((50257, 50362, 400, 401), (0.0, -0.25), False, bytes(range(256)) * 3, (-1, 401)),),
+    finished=(DecoderBeam((50257, 50362, 400, 402, 50256), (0.0, -1.5, -0.5), True, b"", (-1, 401, 50256)),),
+    no_speech_prob=0.0125,
+)
 
 
 def test_a_state_reads_back_as_it_was_written() -> None:
@@ -100,6 +114,8 @@ def test_a_state_reads_back_as_it_was_written() -> None:
         "previous_text",
         "finals",
         "resend_from",
+        "draft",
+        "search",
     ):
         assert getattr(back, name) == getattr(state, name), name
     assert back.agreement == state.agreement
@@ -135,6 +151,27 @@ def test_a_state_of_another_version_or_shape_is_refused() -> None:
         StreamState.from_bytes(b"pickle?")
     with pytest.raises(StreamStateError, match="not a map"):
         StreamState.from_bytes(pack([1, 2]))
+
+
+def test_a_state_without_a_decoder_search_reads_as_one_with_none() -> None:
+    # States written before the decoder's draft and search were kept have neither key.
+    raw = unpack(_state().to_bytes())
+    del raw["draft"], raw["search"]
+    back = StreamState.from_bytes(pack(raw))
+    assert back.draft == () and back.search is None
+
+
+def test_a_malformed_decoder_search_is_refused() -> None:
+    raw = unpack(_state().to_bytes())
+    search = raw["search"]
+    with pytest.raises(StreamStateError, match="malformed"):
+        StreamState.from_bytes(pack({**raw, "search": search[:5]}))
+    with pytest.raises(StreamStateError, match="malformed"):
+        StreamState.from_bytes(
+            pack({**raw, "search": [*search[:4], [[[1], [0.5], False, "kv", []]], *search[5:]]})
+        )
+    with pytest.raises(StreamStateError, match="malformed"):
+        StreamState.from_bytes(pack({**raw, "draft": ["400"]}))
 
 
 def test_the_audio_is_most_of_a_state_and_is_held_once() -> None:

