@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from voxwire_server.domain import Result, SpeechEvent, SpeechEventType, StreamUpdate
 from voxwire_server.engines.batching import FINAL, PARTIAL, BatchWorker
@@ -64,6 +66,8 @@ class Telemetry:
             registry=r,
         )
         self.streams = Gauge("voxwire_active_streams", "recognition streams in progress", registry=r)
+        self._decoder_work = _DecoderWork()
+        r.register(self._decoder_work)
         self.final_latency = Histogram(
             "voxwire_asr_final_latency_seconds",
             "time from the arrival of the audio that ended an utterance to its final result",
@@ -234,6 +238,12 @@ class Telemetry:
 
         worker.on_batch = on_batch
 
+    def watch_decoder_work(self, engine: str, stats: Callable[[], dict[str, float]]) -> None:
+        """What the ASR decoder did, read at scrape time: seconds in its generate step and windows
+        decoded; on the torch engine also its passes, draft tokens offered and kept, and searches
+        continued from a stored state."""
+        self._decoder_work.watch(engine, stats)
+
     def stream_latencies(self, clock: Callable[[], float] = time.perf_counter) -> StreamLatencies:
         """An observer of one recognition stream's updates (one per stream)."""
         return StreamLatencies(self, clock)
@@ -260,3 +270,41 @@ class StreamLatencies:
                 self._t.final_latency.observe(payload.processing_latency_ms / 1000)
             elif started is not None:
                 self._t.first_partial_latency.observe(self._clock() - started)
+
+
+_DECODER_WORK = {
+    "seconds": ("voxwire_asr_decoder_seconds", "seconds in the decoder's generate step (not the encoder)"),
+    "windows": ("voxwire_asr_decoder_windows", "windows the decoder decoded"),
+    "passes": ("voxwire_asr_decoder_passes", "decoder passes (torch engine: one per step or verified draft)"),
+    "draft_tokens": (
+        "voxwire_asr_decoder_draft_tokens",
+        "draft tokens offered to the decoder (torch engine)",
+    ),
+    "accepted_draft_tokens": (
+        "voxwire_asr_decoder_draft_accepted_tokens",
+        "draft tokens kept because they were the decoder's own choice (torch engine)",
+    ),
+    "continued": (
+        "voxwire_asr_decoder_continued_searches",
+        "decodes that went on from a stored search over the same window (torch engine)",
+    ),
+}
+
+
+class _DecoderWork(Collector):
+    """Every family from the start (0 until an engine is watched; the ctranslate2 engine has no
+    passes or drafts to count)."""
+
+    def __init__(self) -> None:
+        self._engine = ""
+        self._stats: Callable[[], dict[str, float]] = dict
+
+    def watch(self, engine: str, stats: Callable[[], dict[str, float]]) -> None:
+        self._engine, self._stats = engine, stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for key, (name, documentation) in _DECODER_WORK.items():
+            family = CounterMetricFamily(name, documentation, labels=["engine"])
+            family.add_metric([self._engine], stats.get(key, 0.0))
+            yield family
