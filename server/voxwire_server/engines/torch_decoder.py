@@ -49,9 +49,6 @@ class Int8Linear(nn.Module):
     def scale_row(self) -> torch.Tensor:
         return self.scale[None, :]
 
-    def dequantized(self) -> torch.Tensor:
-        return self.weight_q.float() / self.scale[:, None]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
@@ -65,13 +62,13 @@ class Int8Linear(nn.Module):
         return out.view(*shape[:-1], out.shape[-1])
 
 
-def _quantize(module: nn.Module) -> None:
+def quantize_linears(module: nn.Module) -> None:
     """Every nn.Linear of the module replaced by an Int8Linear."""
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
             setattr(module, name, Int8Linear(child))
         else:
-            _quantize(child)
+            quantize_linears(child)
 
 
 class _Layer(nn.Module):
@@ -101,6 +98,16 @@ class _Decoder(nn.Module):
         self.norm = nn.LayerNorm(width, eps=_LAYER_NORM_EPS)
         # Tied to the embeddings in the weights; a Linear of its own so that it can be quantized.
         self.projection: nn.Module = nn.Linear(width, vocab, bias=False)
+        self.vocab = vocab
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        projection = self.projection
+        if isinstance(projection, Int8Linear):
+            rows = projection.weight_q[tokens].float()
+            embedded: torch.Tensor = rows / projection.scale[tokens].unsqueeze(-1)
+            return embedded
+        out: torch.Tensor = self.embeddings(tokens)
+        return out
 
 
 @dataclass(slots=True)
@@ -176,18 +183,18 @@ class TorchWhisperDecoder:
         self.module = _build(weights)
         self.quantized = quantize and self.device.type == "cpu"
         if self.quantized:
-            _quantize(self.module)
-            # CTranslate2 looks tokens up in the int8 embeddings it projects with: so does this.
-            projection = self.module.projection
-            assert isinstance(projection, Int8Linear)
-            self.module.embeddings.weight.data = projection.dequantized()
+            quantize_linears(self.module)
+            # CTranslate2 looks tokens up in the int8 embeddings it projects with: so does this,
+            # from the projection's int8 rows (a float32 copy would be another 80 MB).
+            self.module.embeddings.weight.data = torch.empty(0, self.module.width)
         self.module.to(device=self.device, dtype=self.dtype)
         self.module.eval()
+
         self.heads = self.module.heads
         self.width = self.module.width
         self.layers = len(self.module.blocks)
         self.max_positions = int(self.module.positions.weight.shape[0])
-        self.vocab = int(self.module.embeddings.weight.shape[0])
+        self.vocab = self.module.vocab
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -224,7 +231,7 @@ class TorchWhisperDecoder:
             raise ValueError("the sequence outgrew the decoder's positions")
         used = int(positions.max()) + 1
         positions_dev = positions.to(self.device)
-        x = m.embeddings(tokens.to(self.device)) + m.positions(positions_dev)
+        x = m.embed(tokens.to(self.device)) + m.positions(positions_dev)
         x = x.to(self.dtype)
         keys_at = torch.arange(used, device=self.device)
         mask = (keys_at[None, None, :] <= positions_dev[:, :, None])[:, None]  # (rows, 1, T, used)

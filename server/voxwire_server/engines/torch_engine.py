@@ -42,7 +42,6 @@ class DecoderCounters:
 
     decodes: int = 0
     passes: int = 0
-    steps: int = 0
     draft_tokens: int = 0
     accepted_draft_tokens: int = 0
     continued: int = 0
@@ -112,8 +111,11 @@ class TorchGenerator:
         for request, prompt, head, window in zip(requests, prompts, heads, windows, strict=True):
             forced = tuple(prompt[head:])
             draft = request.draft
-            # A draft is the whole of a decode's output: the part past this decode's forced tokens.
+            # A draft is the whole of a decode's output: the part past this decode's forced tokens,
+            # up to a token that is not this model's (a draft is only a guess: it is cut, not refused).
             draft = draft[len(forced) :] if draft[: len(forced)] == forced else ()
+            vocab = search.decoder.vocab
+            draft = draft[: next((k for k, t in enumerate(draft) if not 0 <= t < vocab), len(draft))]
             rows.append(
                 SearchRow(
                     window=window_fingerprint(request.audio, window),
@@ -138,7 +140,6 @@ class TorchGenerator:
         c.seconds += seconds
         c.decodes += len(rows)
         c.passes += max((o.passes for o in outputs), default=0)
-        c.steps += max((o.steps for o in outputs), default=0)
         c.draft_tokens += sum(len(r.draft) for r in rows)
         c.accepted_draft_tokens += sum(o.accepted_draft for o in outputs)
         c.continued += sum(o.reused > 0 for o in outputs)

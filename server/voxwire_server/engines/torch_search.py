@@ -19,6 +19,8 @@ from voxwire_server.engines.torch_decoder import KVCache, TorchWhisperDecoder
 # Draft tokens fed in one pass after the first (which feeds the whole draft): a mismatch wastes the
 # positions after it.
 DRAFT_PER_PASS = 16
+# What a draft that went quiet (its lookahead fell to 0) is tried with again once it resyncs strongly.
+RESYNC_LOOKAHEAD = 4
 # The argmax of a position that was not computed (a forced token's).
 UNKNOWN = -1
 
@@ -80,8 +82,8 @@ class Generated:
     scores: list[float]
     no_speech_prob: float
     state: DecoderState
+    # Decoder passes (each feeds every row not done: its known tokens, or a token and a draft's next).
     passes: int = 0
-    steps: int = 0
     accepted_draft: int = 0
     # Tokens after the head taken from the stored search (with their K-V).
     reused: int = 0
@@ -183,6 +185,9 @@ class TorchSearch:
         drafts: list[list[int]] = []
         cursors = [0] * n
         synced = [True] * n
+        # Draft tokens fed per pass after the first: a quarter after a pass that kept none, twice as
+        # many after one that kept all (a draft that keeps failing costs little).
+        lookahead = [DRAFT_PER_PASS] * n
         for i, row in enumerate(rows):
             taken = self._take_stored(row, settings, beams[i], cache, i)
             reused[i] = taken
@@ -216,6 +221,11 @@ class TorchSearch:
                 ns, kept, missed = self._verify(beams[i], hidden[i], starts[i], row, feed[i], settings)
                 if passes == 1 and not reused[i]:
                     no_speech[i] = ns
+                if passes > 1 and len(feed[i]) > 1:
+                    grown = (
+                        lookahead[i] * 2 if not missed else lookahead[i] // 4 if not kept else lookahead[i]
+                    )
+                    lookahead[i] = min(DRAFT_PER_PASS, grown)
                 accepted[i] += kept
                 done[i] = self._ended(beams[i], settings)
                 cursors[i] += kept + missed
@@ -223,12 +233,14 @@ class TorchSearch:
                 if not synced[i]:
                     found = self._resync(beams[i].tokens[len(row.head) :], drafts[i], cursors[i])
                     if found is not None:
-                        cursors[i], synced[i] = found, True
+                        (cursors[i], strong), synced[i] = found, True
+                        if strong:  # two tokens agree again: worth trying a few
+                            lookahead[i] = max(lookahead[i], RESYNC_LOOKAHEAD)
             # A row's cache is valid up to its chosen tokens; what was fed past a mismatch is overwritten.
             cache.lengths = [len(b.tokens) - 1 for b in beams]
             for i, beam in enumerate(beams):
                 room = max(0, beam.end_at - len(beam.tokens))
-                ahead = drafts[i][cursors[i] : cursors[i] + min(room, DRAFT_PER_PASS)] if synced[i] else []
+                ahead = drafts[i][cursors[i] : cursors[i] + min(room, lookahead[i])] if synced[i] else []
                 feed[i] = [] if done[i] else [beam.tokens[-1], *ahead]
         results = []
         for i, row in enumerate(rows):
@@ -243,15 +255,13 @@ class TorchSearch:
                 no_speech[i],
             )
             out, score = self._output(beams[i], len(row.head), len(row.forced))
-            results.append(
-                Generated([out], [score], no_speech[i], state, passes, passes, accepted[i], reused[i])
-            )
+            results.append(Generated([out], [score], no_speech[i], state, passes, accepted[i], reused[i]))
         return results
 
     @staticmethod
-    def _resync(generated: list[int], draft: list[int], cursor: int) -> int | None:
+    def _resync(generated: list[int], draft: list[int], cursor: int) -> tuple[int, bool] | None:
         """Where the draft goes on after a mismatch: just past the first place from ``cursor`` on
-        where it holds the last two tokens chosen (else the last one); None if nowhere yet."""
+        where it holds the last two tokens chosen (strong), else the last one; None if nowhere yet."""
         for n, reach in ((2, len(draft)), (1, cursor + 6)):
             if len(generated) < n:
                 continue
@@ -259,7 +269,7 @@ class TorchSearch:
             # A single token ("," " the") recurs: it resyncs only near where the draft went wrong.
             for j in range(max(n, cursor), min(len(draft), reach)):
                 if draft[j - n : j] == tail:
-                    return j
+                    return j, n == 2
         return None
 
     def _take_stored(
@@ -386,6 +396,8 @@ class TorchSearch:
         if not beams or (greedy and len(beams) != 1):
             return None
         per_token = self.decoder.kv_bytes_per_token
+        if any(not 0 <= t < self.decoder.vocab for b in beams for t in b.tokens):
+            return None  # not this model's tokens
         needs_kv = beams if greedy else state.live
         for b in needs_kv:
             if len(b.kv) != (len(b.tokens) - 1) * per_token or len(b.tokens) <= len(row.head):
@@ -424,7 +436,7 @@ class TorchSearch:
             finished = list(stored.finished)
             no_speech = stored.no_speech_prob
             if not live:
-                return self._beam_result(row, settings, [], finished, None, no_speech, 0, 0, True)
+                return self._beam_result(row, settings, [], finished, None, no_speech, 0, True)
             cache = self.decoder.start(encoded.expand(len(live), -1, -1), end_at + 1)
             for j, h in enumerate(stored.live):
                 cache.load(j, h.kv, len(h.tokens) - 1)
@@ -478,18 +490,14 @@ class TorchSearch:
                 break
             cache = cache.select(torch.tensor(parents, dtype=torch.long))
             if max_steps is not None and steps >= max_steps:
-                return self._beam_result(
-                    row, settings, live, finished, cache, no_speech, passes, steps, False
-                )
+                return self._beam_result(row, settings, live, finished, cache, no_speech, passes, False)
             fed = torch.tensor([[b.tokens[-1]] for b in live], dtype=torch.long)
             hidden = self.decoder.forward(cache, fed, [1] * len(live))
             passes += 1
             logits = self.decoder.log_probs(hidden[:, 0])
         if len(finished) >= width:
             live = []
-        return self._beam_result(
-            row, settings, live, finished, cache, no_speech, passes, steps, stored is not None
-        )
+        return self._beam_result(row, settings, live, finished, cache, no_speech, passes, stored is not None)
 
     def _beam_result(
         self,
@@ -500,7 +508,6 @@ class TorchSearch:
         cache: KVCache | None,
         no_speech: float,
         passes: int,
-        steps: int,
         reused: bool,
     ) -> Generated:
         head = len(row.head)
@@ -520,7 +527,7 @@ class TorchSearch:
         ranked = sorted([*finished, *kept_live], key=lambda h: -_mean(h.logprobs))
         outputs = [self._output(h, head) for h in ranked[: settings.num_hypotheses]]
         return Generated(
-            [o for o, _ in outputs], [s for _, s in outputs], no_speech, state, passes, steps, 0, int(reused)
+            [o for o, _ in outputs], [s for _, s in outputs], no_speech, state, passes, 0, int(reused)
         )
 
 
