@@ -45,6 +45,7 @@ bench: $(STAMP) ## Run the benchmarks (loopback only, bounded)
 	$(PY) benchmarks/recognize_latency.py
 	$(PY) benchmarks/stream_state.py
 	$(PY) benchmarks/resume.py
+	$(PY) benchmarks/torch_decoder.py
 	$(PY) benchmarks/fingerprint_quality.py
 	$(PY) benchmarks/cache_lookup.py
 	$(PY) benchmarks/cache_workload.py
