@@ -21,6 +21,8 @@ from voxwire_server.engines.torch_decoder import KVCache, TorchWhisperDecoder
 DRAFT_PER_PASS = 16
 # What a draft that went quiet (its lookahead fell to 0) is tried with again once it resyncs strongly.
 RESYNC_LOOKAHEAD = 4
+# Positions whose logits are computed at once when a pass verifies a long draft.
+PROJECTED_PER_CHUNK = 24
 # The argmax of a position that was not computed (a forced token's).
 UNKNOWN = -1
 
@@ -127,21 +129,13 @@ class TorchSearch:
             logits[seen] = torch.where(values > 0, values / penalty, values * penalty)
         return torch.log_softmax(logits, dim=-1)
 
-    def _batch_processed(
-        self, logits: torch.Tensor, first_index: int, settings: SearchSettings
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """_processed for consecutive positions at once (the first choosing token ``first_index``
-        after the head), with their argmax; None where the repetition penalty makes each depend on
-        the tokens before it."""
-        if settings.repetition_penalty != 1.0:
-            return None
-        logits = logits.clone()
+    def _suppress(self, logits: torch.Tensor, first_index: int, settings: SearchSettings) -> None:
+        """Suppression on the logits of consecutive positions, in place (the first chooses token
+        ``first_index`` after the head)."""
         if settings.suppress_tokens:
             logits.index_fill_(1, self._ids(settings.suppress_tokens), -math.inf)
         if first_index == 0 and settings.suppress_blank:
             logits[0].index_fill_(0, self._ids((*self.blank, self.eot)), -math.inf)
-        lps = torch.log_softmax(logits, dim=-1)
-        return lps, torch.argmax(lps, dim=-1)
 
     def _ids(self, tokens: tuple[int, ...]) -> torch.Tensor:
         """Token ids as a tensor, made once per set (suppression lists are the same for every step)."""
@@ -329,31 +323,71 @@ class TorchSearch:
             if self._ended(beam, settings):
                 return no_speech, 0, 0
         positions = list(range(first, last + 1))
-        logits = self.decoder.log_probs(hidden[[p - start for p in positions]])
+        if settings.repetition_penalty != 1.0:
+            kept, missed = self._choose_each(beam, hidden, start, positions, row, fed, settings)
+            return no_speech, kept, missed
         kept = missed = 0
-        batched = self._batch_processed(logits, first + 1 - head, settings)
-        if batched is not None:
-            lps, choices = batched[0], batched[1].tolist()
+        # Projected a chunk at a time: a draft that goes wrong early costs the logits of a chunk.
+        for c in range(0, len(positions), PROJECTED_PER_CHUNK):
+            chunk = positions[c : c + PROJECTED_PER_CHUNK]
+            logits = self.decoder.log_probs(hidden[[p - start for p in chunk]])
+            self._suppress(logits, chunk[0] + 1 - head, settings)
+            totals = torch.logsumexp(logits, dim=-1)
+            choices = torch.argmax(logits, dim=-1).tolist()
+            taken: list[int] = []
+            stop = False
+            for k, position in enumerate(chunk):
+                index = position + 1 - head  # which token after the head this position chooses
+                token = row.forced[index] if index < forced else choices[k]
+                beam.tokens.append(token)
+                beam.choices.append(choices[k])
+                taken.append(token)
+                following = position + 1 - start
+                if following < len(fed) and fed[following] != token:
+                    missed, stop = 1, True
+                elif self._ended(beam, settings) or following >= len(fed):
+                    stop = True
+                elif index >= forced:
+                    kept += 1
+                if stop:
+                    break
+            rows = torch.arange(len(taken))
+            beam.logprobs.extend((logits[rows, torch.tensor(taken)] - totals[rows]).tolist())
+            if stop:
+                break
+        return no_speech, kept, missed
+
+    def _choose_each(
+        self,
+        beam: _Beam,
+        hidden: torch.Tensor,
+        start: int,
+        positions: list[int],
+        row: SearchRow,
+        fed: list[int],
+        settings: SearchSettings,
+    ) -> tuple[int, int]:
+        """_verify's choices one position at a time: with a repetition penalty each position's
+        logits depend on the tokens chosen before it."""
+        head, forced = len(row.head), len(row.forced)
+        logits = self.decoder.log_probs(hidden[[p - start for p in positions]])
+        kept = 0
         for k, position in enumerate(positions):
-            index = position + 1 - head  # which token after the head this position chooses
-            if batched is None:
-                lp = self._processed(logits[k], beam.tokens[head:], index == 0, settings)
-                choice = int(torch.argmax(lp))
-            else:
-                lp, choice = lps[k], choices[k]
+            index = position + 1 - head
+            lp = self._processed(logits[k], beam.tokens[head:], index == 0, settings)
+            choice = int(torch.argmax(lp))
             token = row.forced[index] if index < forced else choice
             beam.tokens.append(token)
             beam.logprobs.append(float(lp[token]))
             beam.choices.append(choice)
             following = position + 1 - start
             if following < len(fed) and fed[following] != token:
-                missed = 1
-                break
+                return kept, 1
             if self._ended(beam, settings) or following >= len(fed):
                 break
             if index >= forced:
                 kept += 1
-        return no_speech, kept, missed
+        return kept, 0
 
     def _ended(self, beam: _Beam, settings: SearchSettings) -> bool:
         return beam.tokens[-1] == self.eot or len(beam.tokens) >= beam.end_at
