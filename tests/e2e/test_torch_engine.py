@@ -26,10 +26,10 @@ from voxwire_server.sessions.stream_state import StreamState
 
 pytestmark = pytest.mark.e2e
 
-# Share of speech-dev clips whose greedy tokens must equal CTranslate2's (measured: 66 of 69 on
-# speech-dev; the others part at a near tie of int8 rounding).
+# Share of speech-dev clips whose greedy tokens must equal CTranslate2's (measured: 64 of 68 clips
+# <= 29 s; the others part at a near tie, within 0.25 nats, of float rounding).
 MIN_SAME = 0.9
-NEAR_TIE_NATS = 1.0
+NEAR_TIE_NATS = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,9 @@ def test_greedy_tokens_are_ctranslate2_s_on_speech_dev(
     parted = [r for r in results if not r.same]
     assert len(same) >= MIN_SAME * len(results), [(r.clip, r.ct2_text, r.torch_text) for r in parted]
     for r in parted:
-        # The engines part only where the torch decoder was nearly as sure of CTranslate2's token.
-        assert 0 <= r.margin < NEAR_TIE_NATS, (r.clip, r.parted_at, r.margin, r.ct2_text, r.torch_text)
+        # The engines part only where the torch decoder was nearly as sure of CTranslate2's token
+        # (the margin is recomputed in one pass, so it may come out slightly below 0).
+        assert abs(r.margin) < NEAR_TIE_NATS, (r.clip, r.parted_at, r.margin, r.ct2_text, r.torch_text)
 
 
 def _long_clips(count: int) -> list[tuple[str, np.ndarray]]:
@@ -78,9 +79,8 @@ def test_a_final_verified_from_a_partial_s_draft_is_free_greedy_decoding(
             passes = counters.passes
             got = engine._decode_speech([replace(final, draft=draft)])[0]
             assert got.tokens == free.tokens, name
-            assert [a.text for a in got.alternatives] == [a.text for a in free.alternatives], name
-            # Log-probabilities from one pass over many positions round a little differently.
-            assert got.alternatives[0].confidence == pytest.approx(free.alternatives[0].confidence, abs=0.01)
+            # The same numbers, not only the same tokens: every position is computed the same way.
+            assert got.alternatives == free.alternatives, name
             if draft == partial.tokens:
                 assert counters.passes - passes < free_passes, name
 

@@ -98,8 +98,13 @@ def test_a_draft_never_changes_the_tokens_and_a_right_one_saves_the_steps(
     for name, draft in drafts.items():
         (got,) = search.greedy(encoded, [_row(seed, draft=draft)], SETTINGS)
         assert got.sequences_ids == free.sequences_ids, name
-        assert got.scores == pytest.approx(free.scores, abs=1e-5), name
-        assert got.no_speech_prob == pytest.approx(free.no_speech_prob, abs=1e-6), name
+        if search.decoder.quantized:
+            # Every position computed the same way, int8 products summed exactly: the same numbers.
+            assert (got.scores, got.no_speech_prob) == (free.scores, free.no_speech_prob), name
+        else:
+            # float32 products sum in another order for another number of positions.
+            assert got.scores == pytest.approx(free.scores, abs=1e-4), name
+            assert got.no_speech_prob == pytest.approx(free.no_speech_prob, rel=1e-3), name
     (right,) = search.greedy(encoded, [_row(seed, draft=drafts["right"])], SETTINGS)
     assert right.passes == 1 < free.passes
     assert right.accepted_draft >= len(tokens) - 1
@@ -117,7 +122,10 @@ def test_rows_of_a_batch_decode_as_they_would_alone(search: TorchSearch) -> None
     for i, row in enumerate(rows):
         (alone,) = search.greedy(encoded[i : i + 1], [row], SETTINGS)
         assert together[i].sequences_ids == alone.sequences_ids
-        assert together[i].scores == pytest.approx(alone.scores, abs=1e-5)
+        if search.decoder.quantized:
+            assert together[i].scores == alone.scores  # which other streams share a batch changes nothing
+        else:
+            assert together[i].scores == pytest.approx(alone.scores, abs=1e-4)
 
 
 def test_a_stored_search_over_the_same_window_is_continued_not_redone(search: TorchSearch) -> None:

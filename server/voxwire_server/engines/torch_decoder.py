@@ -219,10 +219,14 @@ class TorchWhisperDecoder:
         )
 
     @torch.inference_mode()
-    def forward(self, cache: KVCache, tokens: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    def forward(
+        self, cache: KVCache, tokens: torch.Tensor, counts: list[int], blocks: list[int] | None = None
+    ) -> torch.Tensor:
         """Feeds ``tokens`` (rows, T; row r's first counts[r] are real, the rest padding) after each
         row's cached positions; returns the final hidden states (rows, T, width). Each row's length
-        grows by its count: what padding wrote past it is never attended to and later overwritten."""
+        grows by its count: what padding wrote past it is never attended to and later overwritten.
+        A row's first blocks[r] positions attend as one block, the others each on its own (see
+        _attend): a position is computed the same way whenever it is fed the same way."""
         m = self.module
         rows, steps = tokens.shape
         start = cache.lengths
@@ -233,8 +237,6 @@ class TorchWhisperDecoder:
         positions_dev = positions.to(self.device)
         x = m.embed(tokens.to(self.device)) + m.positions(positions_dev)
         x = x.to(self.dtype)
-        keys_at = torch.arange(used, device=self.device)
-        mask = (keys_at[None, None, :] <= positions_dev[:, :, None])[:, None]  # (rows, 1, T, used)
         row_index = torch.arange(rows, device=self.device)[:, None]
         head_width = self.width // self.heads
         for i, layer in enumerate(m.blocks):
@@ -246,12 +248,12 @@ class TorchWhisperDecoder:
             q = qkv[:, :, 0].transpose(1, 2)
             k = cache.kv[i][:, :used, 0].transpose(1, 2)
             v = cache.kv[i][:, :used, 1].transpose(1, 2)
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            attended = _attend(q, k, v, start, counts, blocks, causal=True)
             x = x + layer.self_out(attended.transpose(1, 2).reshape(rows, steps, self.width))
             h = layer.cross_norm(x)
             q = layer.cross_q(h).view(rows, steps, self.heads, head_width).transpose(1, 2)
             ck, cv = cache.cross[i]
-            attended = F.scaled_dot_product_attention(q, ck, cv)
+            attended = _attend(q, ck, cv, start, counts, blocks, causal=False)
             x = x + layer.cross_out(attended.transpose(1, 2).reshape(rows, steps, self.width))
             h = layer.ffn_norm(x)
             x = x + layer.fc2(F.gelu(layer.fc1(h)))
@@ -264,6 +266,51 @@ class TorchWhisperDecoder:
         """Logits (float32) of hidden states (N, width)."""
         logits: torch.Tensor = self.module.projection(hidden)
         return logits.float()
+
+
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    start: list[int],
+    counts: list[int],
+    blocks: list[int] | None,
+    *,
+    causal: bool,
+) -> torch.Tensor:
+    """Attention of the real positions (rows, heads, T, width; padding left at 0), each row on its
+    own, its leading block of positions in one call and every other position alone. Attention over
+    a block sums in another order than over one position; float16 K-V and int8 activations magnified
+    that to ~0.1 nats, enough to flip a near tie. With int8 products summed exactly, computing a
+    position the same way (alone, as a step and as a draft token verified in one pass are; or in the
+    same leading block, as the prompt of a decode with and without a draft is) gives the same numbers
+    whatever else is fed with it."""
+    parts = []
+    keys = k.shape[2]
+    for r, (first, count) in enumerate(zip(start, counts, strict=True)):
+        q_r, k_r, v_r = q[r : r + 1], k[r : r + 1], v[r : r + 1]
+        block = min(count, blocks[r]) if blocks is not None else 0
+        pieces = []
+        if block:
+            end = first + block if causal else keys
+            mask = None
+            if causal:
+                at = torch.arange(end, device=q.device)
+                mask = at[None, :] <= (first + torch.arange(block, device=q.device))[:, None]
+            pieces.append(
+                F.scaled_dot_product_attention(
+                    q_r[:, :, :block], k_r[:, :, :end], v_r[:, :, :end], attn_mask=mask
+                )
+            )
+        for j in range(block, count):
+            end = first + j + 1 if causal else keys
+            pieces.append(
+                F.scaled_dot_product_attention(q_r[:, :, j : j + 1], k_r[:, :, :end], v_r[:, :, :end])
+            )
+        if count < q.shape[2]:
+            pieces.append(q_r.new_zeros((1, q.shape[1], q.shape[2] - count, q.shape[3])))
+        parts.append(torch.cat(pieces, dim=2))
+    return torch.cat(parts, dim=0)
 
 
 def _tensor(weights: ModelFile, name: str) -> torch.Tensor:

@@ -182,6 +182,7 @@ class TorchSearch:
         # Draft tokens fed per pass after the first: a quarter after a pass that kept none, twice as
         # many after one that kept all (a draft that keeps failing costs little).
         lookahead = [DRAFT_PER_PASS] * n
+        blocks_first: list[list[int]] = []
         for i, row in enumerate(rows):
             taken = self._take_stored(row, settings, beams[i], cache, i)
             reused[i] = taken
@@ -200,6 +201,7 @@ class TorchSearch:
             room = max(0, beams[i].end_at - len(beams[i].tokens) - len(forced))
             start = beams[i].tokens[-1:] if taken else list(row.head)
             feed.append([] if done[i] else [*start, *forced, *draft[:room]])
+            blocks_first.append([] if taken or done[i] else [*start, *forced])
         passes = 0
         while any(feed):
             passes += 1
@@ -208,7 +210,10 @@ class TorchSearch:
                 if f:
                     tokens[i, : len(f)] = torch.tensor(f, dtype=torch.long)
             starts = list(cache.lengths)
-            hidden = self.decoder.forward(cache, tokens, [len(f) for f in feed])
+            # A row's prompt (head and forced tokens, fed first when it starts from scratch) attends
+            # as one block, the same with a draft as without; everything else position by position.
+            blocks = [len(blocks_first[i]) if passes == 1 else 0 for i in range(n)]
+            hidden = self.decoder.forward(cache, tokens, [len(f) for f in feed], blocks)
             for i, row in enumerate(rows):
                 if not feed[i]:
                     continue
@@ -481,7 +486,9 @@ class TorchSearch:
         else:
             cache = self.decoder.start(encoded, end_at + 1)
             known = [*row.head, *row.forced]
-            hidden = self.decoder.forward(cache, torch.tensor([known], dtype=torch.long), [len(known)])
+            hidden = self.decoder.forward(
+                cache, torch.tensor([known], dtype=torch.long), [len(known)], [len(known)]
+            )
             passes = 1
             every = self.decoder.log_probs(hidden[0, [head - 2, *range(head - 1, len(known))]])
             no_speech = self._no_speech(every[0])

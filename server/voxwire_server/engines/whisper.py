@@ -289,8 +289,9 @@ class WhisperRecognizer:
             accurate_beam_size,
             context_tokens,
             self._min_window_s,
-            # The engines' numbers differ a little (see benchmarks/README.md): so may their text.
-            engine if self._torch is None else f"{engine}/{self._torch.precision}",
+            # The engines' numbers differ a little (see benchmarks/README.md): so may their text. The
+            # default engine's versions stay what they were, so its cache entries keep answering.
+            *(() if self._torch is None else (f"{engine}/{self._torch.precision}",)),
         )
         # Windows from every stream go through one batching queue: the decoder gains from batches,
         # the encoder does not (see _LoadedModel.encode), so throughput beyond one core's batches
