@@ -286,13 +286,12 @@ def _attend(
     same leading block, as the prompt of a decode with and without a draft is) gives the same numbers
     whatever else is fed with it."""
     parts = []
-    keys = k.shape[2]
     for r, (first, count) in enumerate(zip(start, counts, strict=True)):
         q_r, k_r, v_r = q[r : r + 1], k[r : r + 1], v[r : r + 1]
         block = min(count, blocks[r]) if blocks is not None else 0
         pieces = []
         if block:
-            end = first + block if causal else keys
+            end = first + block if causal else k.shape[2]
             mask = None
             if causal:
                 at = torch.arange(end, device=q.device)
@@ -302,11 +301,17 @@ def _attend(
                     q_r[:, :, :block], k_r[:, :, :end], v_r[:, :, :end], attn_mask=mask
                 )
             )
-        for j in range(block, count):
-            end = first + j + 1 if causal else keys
-            pieces.append(
-                F.scaled_dot_product_attention(q_r[:, :, j : j + 1], k_r[:, :, :end], v_r[:, :, :end])
-            )
+        if count > block:
+            singles = torch.split(q_r[:, :, block:count], 1, dim=2)
+            if causal:
+                pieces.extend(
+                    F.scaled_dot_product_attention(
+                        one, k_r[:, :, : first + j + 1], v_r[:, :, : first + j + 1]
+                    )
+                    for j, one in enumerate(singles, block)
+                )
+            else:
+                pieces.extend(F.scaled_dot_product_attention(one, k_r, v_r) for one in singles)
         if count < q.shape[2]:
             pieces.append(q_r.new_zeros((1, q.shape[1], q.shape[2] - count, q.shape[3])))
         parts.append(torch.cat(pieces, dim=2))
