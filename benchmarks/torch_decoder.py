@@ -16,6 +16,8 @@ engines in this process, on the same requests, one thread each.
   differ, where and how near a tie the torch decoder was there (tests/torch_equality.py).
 - The encoder: CTranslate2's against Whisper's encoder in PyTorch (engines/torch_encoder.py, int8
   linear layers as the decoder's) on 8, 16 and 30 s windows, median of 5 (which the engine uses).
+- int8 against float32 (`--asr-compute-type float32`): the torch engine's decoder time on the long
+  and short clips' finals without a draft, and how often its tokens are CTranslate2's.
 - RSS of a server-like process holding each engine (a subprocess each, after a warm-up decode).
 
     .venv/bin/python benchmarks/torch_decoder.py [--step-s 0.5] [--long 10] [--short 24]
@@ -246,6 +248,30 @@ def _encoders(ct2: WhisperRecognizer, audio: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def _precision(
+    ct2: WhisperRecognizer, torch: WhisperRecognizer, clips: list[tuple[str, np.ndarray]]
+) -> dict[str, Any]:
+    wide = WhisperRecognizer(engine="torch", compute_type="float32")
+    wide.warm_up()
+    times: dict[str, list[float]] = {"int8": [], "float32": []}
+    same = {"int8": 0, "float32": 0}
+    for _, audio in clips:
+        request = WindowRequest(audio, DecodeOptions(), final=True)
+        reference, _ = _timed(ct2, request)
+        for name, rec in (("int8", torch), ("float32", wide)):
+            result, seconds = _timed(rec, request)
+            times[name].append(seconds)
+            same[name] += result.tokens == reference.tokens
+    wide.close()
+    return {
+        "clips": len(clips),
+        "int8_ms_p50": statistics.median(times["int8"]) * 1e3,
+        "float32_ms_p50": statistics.median(times["float32"]) * 1e3,
+        "float32_over_int8": sum(times["float32"]) / sum(times["int8"]),
+        "tokens_equal_ct2": same,
+    }
+
+
 def _options() -> Any:
     from voxwire_server.domain import AudioFormat, Encoding, RecognitionOptions
 
@@ -310,6 +336,7 @@ def main() -> None:
         "resume": _resume(ct2, torch, long_clips),
         "tokens": _tokens(ct2, torch),
         "encoder": _encoders(ct2, long_clips[0][1]),
+        "precision": _precision(ct2, torch, long_clips + short_clips),
     }
     ct2.close()
     torch.close()
@@ -363,6 +390,13 @@ def main() -> None:
             f"encoder, {window} window: CTranslate2 {e['ct2_ms']:.1f} ms, torch {e['torch_ms']:.1f} ms "
             f"({e['ratio']:.2f}x), outputs differ by {e['mean_relative_difference']:.1%} on average"
         )
+    pr = report["precision"]
+    print(
+        f"torch engine int8 / float32 ({pr['clips']} finals, no draft): p50 {pr['int8_ms_p50']:.1f} / "
+        f"{pr['float32_ms_p50']:.1f} ms, float32 takes {pr['float32_over_int8']:.2f}x as long; tokens equal "
+        f"to CTranslate2's: int8 {pr['tokens_equal_ct2']['int8']}, "
+        f"float32 {pr['tokens_equal_ct2']['float32']}"
+    )
     print(f"RSS: CTranslate2 {report['rss_mb']['ctranslate2']} MB, torch {report['rss_mb']['torch']} MB")
     print(f"wrote {OUT.relative_to(ROOT)}")
 
