@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import RunningServer, ServerThread, serve_in_thread
-from tests.helpers import jfk_pcm
+from tests.helpers import jfk_pcm, normalize
 from tests.integration.test_cancellation import eventually
 from voxwire import (
     AsyncClient,
@@ -273,7 +273,11 @@ def test_compressed_phrases_replay_as_pcm_of_the_same_length_that_transcribes_th
             asr = RecognitionConfig(
                 encoding=AudioEncoding.LINEAR16, sample_rate_hz=16000, cache_policy=CachePolicy.BYPASS
             )
-            assert client.recognize(hit.audio, asr).text == client.recognize(made.audio, asr).text
+            # The same words: how the decoder capitalizes a word may tip either way on lossy audio
+            # (seen: "Your Table for four" from the compressed reply in one installation, with the
+            # same code that had given "Your table for four" in another).
+            heard = client.recognize(hit.audio, asr).text
+            assert normalize(heard) == normalize(client.recognize(made.audio, asr).text), heard
             # WAV replies are kept compressed too; their header is made per request.
             wav = client.synthesize(text, encoding=AudioEncoding.WAV, user_id="ana")
             again = client.synthesize(text, encoding=AudioEncoding.WAV, user_id="ana")
