@@ -204,7 +204,7 @@ class TorchWhisperDecoder:
     def start(self, encoder_output: torch.Tensor | npt.NDArray[np.float32], capacity: int) -> KVCache:
         """An empty cache for a batch of windows: cross-attention K/V computed from the encoder output
         (rows, positions, width), room for ``capacity`` tokens per row."""
-        enc = torch.as_tensor(encoder_output).to(device=self.device, dtype=self.dtype)
+        enc = torch.as_tensor(encoder_output, device=self.device).to(dtype=self.dtype)
         rows = int(enc.shape[0])
         head_width = self.width // self.heads
         cross = []

@@ -86,7 +86,7 @@ class TorchGenerator:
     def generate(
         self,
         model_dir: str,
-        encoded: npt.NDArray[np.float32],
+        encoded: npt.NDArray[np.float32] | Any,
         requests: list[WindowRequest],
         prompts: list[list[int]],
         heads: list[int],

@@ -478,7 +478,8 @@ class WhisperRecognizer:
         if self._torch is not None:
             outputs = self._torch.generate(
                 model.path,
-                np.asarray(encoded),
+                # On a GPU the encoder output stays there (torch takes it by its CUDA array interface).
+                np.asarray(encoded) if model.on_cpu else encoded,
                 requests,
                 prompts,
                 [head] * len(requests),
