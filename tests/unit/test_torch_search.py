@@ -245,3 +245,13 @@ def test_the_window_fingerprint_names_the_audio_and_the_window() -> None:
     louder[5] = 0.1
     assert window_fingerprint(louder, 128000) != window_fingerprint(audio, 128000)
     assert window_fingerprint(audio[:800], 128000) != window_fingerprint(audio, 128000)
+
+
+def test_a_draft_is_taken_from_past_the_forced_tokens() -> None:
+    from voxwire_server.engines.torch_engine import _after
+
+    assert _after((1, 2, 3, 4, 5), (1, 2)) == (3, 4, 5)
+    assert _after((1, 2, 3), ()) == (1, 2, 3)
+    # The committed words tokenized another way than the decoder had: after their last two tokens.
+    assert _after((9, 8, 7, 2, 3, 4, 5), (1, 7, 2, 3)) == (4, 5)
+    assert _after((9, 8, 7), (1, 2)) == ()

@@ -110,10 +110,9 @@ class TorchGenerator:
         rows = []
         for request, prompt, head, window in zip(requests, prompts, heads, windows, strict=True):
             forced = tuple(prompt[head:])
-            draft = request.draft
             # A draft is the whole of a decode's output: the part past this decode's forced tokens,
             # up to a token that is not this model's (a draft is only a guess: it is cut, not refused).
-            draft = draft[len(forced) :] if draft[: len(forced)] == forced else ()
+            draft = _after(request.draft, forced)
             vocab = search.decoder.vocab
             draft = draft[: next((k for k, t in enumerate(draft) if not 0 <= t < vocab), len(draft))]
             rows.append(
@@ -143,3 +142,16 @@ class TorchGenerator:
         c.draft_tokens += sum(len(r.draft) for r in rows)
         c.accepted_draft_tokens += sum(o.accepted_draft for o in outputs)
         c.continued += sum(o.reused > 0 for o in outputs)
+
+
+def _after(draft: tuple[int, ...], forced: tuple[int, ...]) -> tuple[int, ...]:
+    """The part of a draft past the forced tokens: after them where it starts with them, else after
+    the last place it holds their last two (committed words tokenized from their text need not be
+    the tokens the decoder chose for them); nothing where it holds neither."""
+    if draft[: len(forced)] == forced:
+        return draft[len(forced) :]
+    tail = forced[-2:]
+    for j in range(len(draft) - len(tail), -1, -1):
+        if draft[j : j + len(tail)] == tail:
+            return draft[j + len(tail) :]
+    return ()
