@@ -255,3 +255,41 @@ def test_a_draft_is_taken_from_past_the_forced_tokens() -> None:
     # The committed words tokenized another way than the decoder had: after their last two tokens.
     assert _after((9, 8, 7, 2, 3, 4, 5), (1, 7, 2, 3)) == (4, 5)
     assert _after((9, 8, 7), (1, 2)) == ()
+
+
+def test_hostile_rows_never_fail_the_batch_they_share(search: TorchSearch) -> None:
+    encoded = _encoder(21, rows=2)
+    (free_a,) = search.greedy(encoded[:1], [_row(21)], SETTINGS)
+    (free_b,) = search.greedy(encoded[1:], [_row(22)], SETTINGS)
+    tokens_b = free_b.sequences_ids[0]
+    wrong_b = (*tokens_b[:2], (tokens_b[2] + 1) % 90, *tokens_b[3:])
+    # Row a's draft is all right, so it ends at the cap in the first pass, while row b goes on
+    # feeding draft chunks after its mismatch: a's padding must not run past the cap.
+    together = search.greedy(
+        encoded, [_row(21, draft=tuple(free_a.sequences_ids[0])), _row(22, draft=wrong_b)], SETTINGS
+    )
+    assert [t.sequences_ids for t in together] == [free_a.sequences_ids, free_b.sequences_ids]
+    # More forced tokens than the cap leaves room for: the cap wins, for greedy and beam search.
+    budget = SETTINGS.end_at(len(HEAD)) - len(HEAD)
+    forced = tuple(range(10, 10 + budget + 5))
+    (greedy,) = search.greedy(encoded[:1], [_row(21, forced=forced)], SETTINGS)
+    assert greedy.sequences_ids[0] == list(forced[:budget])
+    beam = SearchSettings(
+        beam_size=3, max_length=SETTINGS.max_length, suppress_tokens=SETTINGS.suppress_tokens
+    )
+    (searched,) = search.beam_search(encoded[:1], [_row(21, forced=forced)], beam)
+    assert searched.sequences_ids[0] == list(forced[:budget])
+    # A stored search longer than the cap allows (a damaged or foreign state): decoded afresh.
+    (stored,) = search.greedy(encoded[:1], [_row(21, keep_kv=True)], SETTINGS)
+    kept = stored.state.finished[0]
+    extra = 5
+    longer = type(kept)(
+        (*kept.tokens, *([7] * extra)),
+        (*kept.logprobs, *([0.0] * extra)),
+        True,
+        kept.kv + bytes(extra * search.decoder.kv_bytes_per_token),
+        (*kept.choices, *([7] * extra)),
+    )
+    state = type(stored.state)(**{**_fields(stored.state), "finished": (longer,)})
+    (got,) = search.greedy(encoded[:1], [_row(21, state=state)], SETTINGS)
+    assert got.reused == 0 and got.sequences_ids == free_a.sequences_ids

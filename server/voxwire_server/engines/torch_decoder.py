@@ -126,7 +126,8 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return int(self.kv[0].shape[1])
+        """Positions a row may fill (one more is kept as scratch: where padding writes)."""
+        return int(self.kv[0].shape[1]) - 1
 
     def select(self, rows: torch.Tensor) -> KVCache:
         """The cache of some rows, in that order (beam reordering, dropping finished rows)."""
@@ -211,7 +212,7 @@ class TorchWhisperDecoder:
         for layer in self.module.blocks:
             kv = layer.cross_kv(enc).view(rows, -1, 2, self.heads, head_width)
             cross.append((kv[:, :, 0].transpose(1, 2).contiguous(), kv[:, :, 1].transpose(1, 2).contiguous()))
-        shape = (rows, capacity, 2, self.heads, head_width)
+        shape = (rows, capacity + 1, 2, self.heads, head_width)
         return KVCache(
             [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.layers)],
             [0] * rows,
@@ -230,12 +231,16 @@ class TorchWhisperDecoder:
         m = self.module
         rows, steps = tokens.shape
         start = cache.lengths
-        positions = torch.tensor(start, dtype=torch.long)[:, None] + torch.arange(steps)[None, :]
-        if int(positions.max()) >= min(self.max_positions, cache.capacity):
+        ends = [a + b for a, b in zip(start, counts, strict=True)]
+        if max(ends, default=0) > min(self.max_positions, cache.capacity):
             raise ValueError("the sequence outgrew the decoder's positions")
-        used = int(positions.max()) + 1
-        positions_dev = positions.to(self.device)
-        x = m.embed(tokens.to(self.device)) + m.positions(positions_dev)
+        positions = torch.tensor(start, dtype=torch.long)[:, None] + torch.arange(steps)[None, :]
+        real = torch.arange(steps)[None, :] < torch.tensor(counts, dtype=torch.long)[:, None]
+        # Padding writes its K-V to the scratch position and takes any position's embedding: its
+        # outputs are never used, and a row that ended near the cap must not overflow.
+        written = torch.where(real, positions, cache.capacity).to(self.device)
+        used = max(ends, default=0)
+        x = m.embed(tokens.to(self.device)) + m.positions(torch.where(real, positions, 0).to(self.device))
         x = x.to(self.dtype)
         row_index = torch.arange(rows, device=self.device)[:, None]
         head_width = self.width // self.heads
@@ -244,7 +249,7 @@ class TorchWhisperDecoder:
             qkv = layer.qkv(h).view(rows, steps, 3, self.heads, head_width)
             # Kept at float16 precision: what a stream's state stores is then exactly what the live
             # search used, so a search continued from it chooses the same tokens.
-            cache.kv[i][row_index, positions_dev] = qkv[:, :, 1:].to(torch.float16).to(self.dtype)
+            cache.kv[i][row_index, written] = qkv[:, :, 1:].to(torch.float16).to(self.dtype)
             q = qkv[:, :, 0].transpose(1, 2)
             k = cache.kv[i][:, :used, 0].transpose(1, 2)
             v = cache.kv[i][:, :used, 1].transpose(1, 2)
@@ -257,7 +262,7 @@ class TorchWhisperDecoder:
             x = x + layer.cross_out(attended.transpose(1, 2).reshape(rows, steps, self.width))
             h = layer.ffn_norm(x)
             x = x + layer.fc2(F.gelu(layer.fc1(h)))
-        cache.lengths = [a + b for a, b in zip(start, counts, strict=True)]
+        cache.lengths = ends
         out: torch.Tensor = m.norm(x)
         return out
 

@@ -58,6 +58,7 @@ class TorchGenerator:
         self._threads = threads
         self._keep_kv = keep_kv
         self._decoders: dict[str, TorchSearch] = {}
+        self._identities: dict[str, str] = {}
         self.counters = DecoderCounters()
         self._lock = threading.Lock()
 
@@ -67,9 +68,11 @@ class TorchGenerator:
             return "float16"
         return "int8" if self._quantize else "float32"
 
-    def load(self, model_dir: str, tokenizer: Any) -> None:
+    def load(self, model_dir: str, tokenizer: Any, identity: str) -> None:
+        """identity: a hash of the weights (with the precision), what stored searches are keyed by."""
         if model_dir in self._decoders:
             return
+        self._identities[model_dir] = identity
         decoder = TorchWhisperDecoder(
             model_dir, device=self._device, quantize=self._quantize, threads=self._threads
         )
@@ -106,6 +109,7 @@ class TorchGenerator:
             repetition_penalty=repetition_penalty,
             suppress_blank=True,
             suppress_tokens=tuple(suppress_tokens),
+            model=self._identities[model_dir],
         )
         rows = []
         for request, prompt, head, window in zip(requests, prompts, heads, windows, strict=True):

@@ -50,6 +50,8 @@ class SearchSettings:
     repetition_penalty: float = 1.0
     suppress_blank: bool = True
     suppress_tokens: tuple[int, ...] = ()
+    # The weights and precision that decode: another model's K-V is not this one's.
+    model: str = ""
 
     @property
     def key(self) -> str:
@@ -123,7 +125,7 @@ class TorchSearch:
         if first and settings.suppress_blank:
             logits.index_fill_(0, self._ids((*self.blank, self.eot)), -math.inf)
         if settings.repetition_penalty != 1.0 and generated:
-            seen = torch.tensor(sorted(set(generated)), dtype=torch.long)
+            seen = torch.tensor(sorted(set(generated)), dtype=torch.long, device=logits.device)
             values = logits[seen]
             penalty = settings.repetition_penalty
             logits[seen] = torch.where(values > 0, values / penalty, values * penalty)
@@ -143,7 +145,9 @@ class TorchSearch:
         if ids is None:
             if len(self._id_tensors) > 64:
                 self._id_tensors.clear()
-            ids = self._id_tensors[tokens] = torch.tensor(tokens, dtype=torch.long)
+            ids = self._id_tensors[tokens] = torch.tensor(
+                tokens, dtype=torch.long, device=self.decoder.device
+            )
         return ids
 
     def _no_speech(self, logits: torch.Tensor) -> float:
@@ -198,6 +202,7 @@ class TorchSearch:
             if taken:
                 no_speech[i] = row.state.no_speech_prob if row.state is not None else 0.0
                 done[i] = self._ended(beams[i], settings)
+            forced = forced[: max(0, beams[i].end_at - len(beams[i].tokens))]  # the cap comes first
             room = max(0, beams[i].end_at - len(beams[i].tokens) - len(forced))
             start = beams[i].tokens[-1:] if taken else list(row.head)
             feed.append([] if done[i] else [*start, *forced, *draft[:room]])
@@ -233,8 +238,8 @@ class TorchSearch:
                     found = self._resync(beams[i].tokens[len(row.head) :], drafts[i], cursors[i])
                     if found is not None:
                         (cursors[i], strong), synced[i] = found, True
-                        if strong:  # two tokens agree again: worth trying a few
-                            lookahead[i] = max(lookahead[i], RESYNC_LOOKAHEAD)
+                        # Two tokens agree again: worth trying a few; one: at least the next.
+                        lookahead[i] = max(lookahead[i], RESYNC_LOOKAHEAD if strong else 1)
             # A row's cache is valid up to its chosen tokens; what was fed past a mismatch is overwritten.
             cache.lengths = [len(b.tokens) - 1 for b in beams]
             for i, beam in enumerate(beams):
@@ -356,8 +361,9 @@ class TorchSearch:
                     kept += 1
                 if stop:
                     break
-            rows = torch.arange(len(taken))
-            beam.logprobs.extend((logits[rows, torch.tensor(taken)] - totals[rows]).tolist())
+            rows = torch.arange(len(taken), device=logits.device)
+            chosen = torch.tensor(taken, device=logits.device)
+            beam.logprobs.extend((logits[rows, chosen] - totals[rows]).tolist())
             if stop:
                 break
         return no_speech, kept, missed
@@ -435,8 +441,20 @@ class TorchSearch:
         if not beams or (greedy and len(beams) != 1):
             return None
         per_token = self.decoder.kv_bytes_per_token
-        if any(not 0 <= t < self.decoder.vocab for b in beams for t in b.tokens):
-            return None  # not this model's tokens
+        head, end_at = len(row.head), settings.end_at(len(row.head))
+        if len(state.live) > settings.beam_size or len(state.finished) > settings.beam_size:
+            return None
+        for b in (*state.live, *state.finished):
+            # A state is the server's own, but one of another build or a damaged one must never
+            # fail the batch it would join: anything that does not fit is decoded afresh.
+            if (
+                len(b.tokens) > end_at
+                or b.tokens[:head] != row.head
+                or len(b.logprobs) != len(b.tokens) - head
+            ):
+                return None
+            if any(not 0 <= t < self.decoder.vocab for t in b.tokens):
+                return None
         needs_kv = beams if greedy else state.live
         for b in needs_kv:
             if len(b.kv) != (len(b.tokens) - 1) * per_token or len(b.tokens) <= len(row.head):
@@ -485,7 +503,7 @@ class TorchSearch:
             passes = 1
         else:
             cache = self.decoder.start(encoded, end_at + 1)
-            known = [*row.head, *row.forced]
+            known = [*row.head, *row.forced[: end_at - head]]
             hidden = self.decoder.forward(
                 cache, torch.tensor([known], dtype=torch.long), [len(known)], [len(known)]
             )
@@ -498,6 +516,9 @@ class TorchSearch:
                 beam.tokens.append(token)
                 beam.logprobs.append(float(lp[token]))
             live, finished = [beam], []
+            if len(beam.tokens) >= end_at:  # the forced tokens filled the cap: nothing to search
+                kv = cache.export(0, len(beam.tokens) - 1) if row.keep_kv else b""
+                live, finished = [], [DecoderBeam(tuple(beam.tokens), tuple(beam.logprobs), True, kv)]
             logits = every[-1:]
         while live and len(finished) < width and (max_steps is None or steps < max_steps):
             lps = torch.stack(
@@ -506,7 +527,7 @@ class TorchSearch:
                     for j, b in enumerate(live)
                 ]
             )
-            totals = lps + torch.tensor([sum(b.logprobs) for b in live])[:, None]
+            totals = lps + torch.tensor([sum(b.logprobs) for b in live], device=lps.device)[:, None]
             top = torch.topk(totals.flatten(), min(2 * width, totals.numel()))
             vocab = lps.shape[1]
             chosen: list[_Beam] = []
@@ -529,7 +550,7 @@ class TorchSearch:
             live = chosen
             if not live or len(finished) >= width:
                 break
-            cache = cache.select(torch.tensor(parents, dtype=torch.long))
+            cache = cache.select(torch.tensor(parents, dtype=torch.long, device=lps.device))
             if max_steps is not None and steps >= max_steps:
                 return self._beam_result(row, settings, live, finished, cache, no_speech, passes, False)
             fed = torch.tensor([[b.tokens[-1]] for b in live], dtype=torch.long)

@@ -274,7 +274,8 @@ class WhisperRecognizer:
                 device=device, compute_type=compute_type, threads=cpu_threads, keep_kv=keep_kv
             )
             for model in (self._fast, self._accurate):
-                self._torch.load(model.path, model.tokenizer("en")[0])
+                identity = _version(model.path, "", self._torch.precision)
+                self._torch.load(model.path, model.tokenizer("en")[0], identity)
         self.model_name = self._fast.name
         if self._accurate is not self._fast:
             self.model_name += f" + {self._accurate.name} (accurate tier)"

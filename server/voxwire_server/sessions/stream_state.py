@@ -7,7 +7,8 @@ few KB); for other audio it travels inside the endpointer's snapshot and the cli
 what came after ``received_bytes``. The VAD's own (C) state is not in it: the
 endpointer rebuilds it on restore. The finals of the latest writes travel too: a replica may write a
 state and die before its final reaches the client, so a resumed stream sends again the finals the
-client's token does not cover.
+client's token does not cover. On the torch engine the state also holds the last partial's decoder
+search, with its float16 self-attention K-V (~6 KiB per token for tiny.en, unless --asr-state-kv off).
 """
 
 from __future__ import annotations
